@@ -1,0 +1,26 @@
+# One-word entry points.  Everything they need is installed by scripts/setup.sh.
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup setup-test run test bench check clean
+
+setup:
+	@scripts/setup.sh
+
+setup-test:
+	@scripts/setup.sh --test
+
+run: setup
+	.venv/bin/podsight run $(ARGS)
+
+check: setup
+	.venv/bin/podsight check
+
+test: setup-test
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: setup-test
+	.venv/bin/python bench/run.py $(ARGS)
+
+clean:
+	rm -rf build .venv .tools

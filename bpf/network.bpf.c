@@ -1,0 +1,61 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Per-cgroup bytes and packets, from cgroup_skb programs attached to the
+ * cgroup v2 root: every socket on the node passes through them, whatever its
+ * network namespace, so one attachment covers host and pods alike.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include "podsight.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct net_counters);
+} network_traffic SEC(".maps");
+
+static __always_inline void count(struct __sk_buff *skb, bool egress)
+{
+	/* The socket's cgroup, not the current task's: ingress runs in softirq. */
+	__u64 id = bpf_skb_cgroup_id(skb);
+	struct net_counters *c = bpf_map_lookup_elem(&network_traffic, &id);
+
+	if (!c) {
+		struct net_counters zero = {};
+
+		bpf_map_update_elem(&network_traffic, &id, &zero, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&network_traffic, &id);
+		if (!c)
+			return;	/* map full: the agent reports it from the entry count */
+	}
+	/* A GSO/GRO skb stands for gso_segs packets on the wire. */
+	__u64 segs = skb->gso_segs ? skb->gso_segs : 1;
+
+	/* Per-CPU, but a softirq can interrupt a task-context run on the same
+	 * CPU: atomic adds keep both increments. */
+	if (egress) {
+		__sync_fetch_and_add(&c->tx_bytes, skb->len);
+		__sync_fetch_and_add(&c->tx_packets, segs);
+	} else {
+		__sync_fetch_and_add(&c->rx_bytes, skb->len);
+		__sync_fetch_and_add(&c->rx_packets, segs);
+	}
+}
+
+/* Observing must never change traffic: both programs always return 1 (allow). */
+SEC("cgroup_skb/ingress")
+int network_ingress(struct __sk_buff *skb)
+{
+	count(skb, false);
+	return 1;
+}
+
+SEC("cgroup_skb/egress")
+int network_egress(struct __sk_buff *skb)
+{
+	count(skb, true);
+	return 1;
+}

@@ -1,0 +1,305 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * TCP health per cgroup, from stable tracepoints only: connection lifecycle
+ * (sock:inet_sock_set_state), retransmits, resets, RTT samples (tcp:tcp_probe)
+ * and drops with the kernel's reason (skb:kfree_skb).
+ *
+ * Every event is charged to the *socket's* cgroup: most of these fire in
+ * softirq context, where the current task has nothing to do with the socket.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include "podsight.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+/* Its own section, so it is the whole of one .rodata map whatever else the
+ * compiler puts in .rodata. */
+const volatile struct tcp_config cfg SEC(".rodata.config") = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct tcp_counters);
+} tcp_stats SEC(".maps");
+
+/* podsight_tcp_srtt_seconds and podsight_tcp_connect_duration_seconds. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct hist_key);
+	__type(value, struct hist);
+} tcp_histograms SEC(".maps");
+
+/* podsight_network_drops_total, by kernel drop reason. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct drop_key);
+	__type(value, __u64);
+} network_drops SEC(".maps");
+
+/* Per-socket state the kernel does not keep for us.  LRU: a socket whose
+ * close we never see (agent restarted) ages out instead of leaking. */
+struct sock_state {
+	__u64 syn_sent_ns;	/* 0: not an outbound handshake we saw start */
+	__u64 last_srtt_ns;	/* last RTT sample, for the per-socket rate limit */
+	__u32 established;	/* we counted its open, so we count its close */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct sock_state);
+} tcp_socks SEC(".maps");
+
+/* Tracepoint contexts are typed with this kernel's trace_event_raw_* names
+ * (vmlinux.h); fields are CO-RE relocated, and fields that newer kernels
+ * added are guarded with bpf_core_field_exists(). */
+
+/* Before 5.15 (commit 8520e224f547 "bpf, cgroups: Fix cgroup v2 fallback on
+ * v1/v2 mixed mode") sock_cgroup_data packed the cgroup pointer into a u64
+ * whose low bit flagged v1 data; now it is a plain pointer. */
+struct sock_cgroup_data___old {
+	__u64 val;
+};
+
+static __always_inline __u64 sk_cgroup_id(const struct sock *sk)
+{
+	struct cgroup *cg;
+
+	if (!sk)
+		return 0;
+	if (bpf_core_field_exists(struct sock_cgroup_data, cgroup)) {
+		cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	} else {
+		struct sock_cgroup_data___old *old = (void *)&sk->sk_cgrp_data;
+		__u64 val = BPF_CORE_READ(old, val);
+
+		if (val & 1)
+			return 0;
+		cg = (struct cgroup *)val;
+	}
+	if (!cg)
+		return 0;
+	return BPF_CORE_READ(cg, kn, id);
+}
+
+static __always_inline struct tcp_counters *counters(__u64 cgid)
+{
+	struct tcp_counters *c = bpf_map_lookup_elem(&tcp_stats, &cgid);
+
+	if (c)
+		return c;
+	struct tcp_counters zero = {};
+
+	bpf_map_update_elem(&tcp_stats, &cgid, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&tcp_stats, &cgid);
+}
+
+/* Histogram slot of v: 0 for 0, else floor(log2(v)) + 1, so slot s holds
+ * [2^(s-1), 2^s).  Branch-free, no loop for the verifier to walk. */
+static __always_inline __u32 log2_slot(__u64 v)
+{
+	__u32 r, shift;
+
+	if (!v)
+		return 0;
+	r = (v > 0xFFFFFFFFULL) << 5; v >>= r;
+	shift = (v > 0xFFFF) << 4; v >>= shift; r |= shift;
+	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
+	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
+	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
+	r |= (v >> 1);
+	r += 1;
+	return r < PODSIGHT_HIST_SLOTS ? r : PODSIGHT_HIST_SLOTS - 1;
+}
+
+static __always_inline void observe(__u64 cgid, __u32 kind, __u64 value)
+{
+	struct hist_key key = { .cgroup_id = cgid, .kind = kind };
+	struct hist *h = bpf_map_lookup_elem(&tcp_histograms, &key);
+
+	if (!h) {
+		struct hist zero = {};
+
+		bpf_map_update_elem(&tcp_histograms, &key, &zero, BPF_NOEXIST);
+		h = bpf_map_lookup_elem(&tcp_histograms, &key);
+		if (!h)
+			return;
+	}
+	__u32 slot = log2_slot(value);
+
+	/* clang folds a plain mask into log2_slot()'s clamp and the verifier
+	 * loses the bound; the barrier keeps the mask it can see. */
+	barrier_var(slot);
+	slot &= PODSIGHT_HIST_SLOTS - 1;
+	__sync_fetch_and_add(&h->slots[slot], 1);
+	__sync_fetch_and_add(&h->sum, value);
+}
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int tcp_state(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	if (ctx->protocol != IPPROTO_TCP)
+		return 0;
+	if (ctx->family != AF_INET && ctx->family != AF_INET6)
+		return 0;
+
+	const struct sock *sk = ctx->skaddr;
+	__u64 skey = (__u64)sk;
+	int old = ctx->oldstate, new = ctx->newstate;
+	__u64 cgid = sk_cgroup_id(sk);
+	struct tcp_counters *c;
+	struct sock_state *st;
+
+	if (old == TCP_CLOSE && new == TCP_SYN_SENT) {
+		struct sock_state fresh = { .syn_sent_ns = bpf_ktime_get_ns() };
+
+		bpf_map_update_elem(&tcp_socks, &skey, &fresh, BPF_ANY);
+		return 0;
+	}
+	if (new == TCP_ESTABLISHED && (old == TCP_SYN_SENT || old == TCP_SYN_RECV)) {
+		c = counters(cgid);
+		if (!c)
+			return 0;
+		st = bpf_map_lookup_elem(&tcp_socks, &skey);
+		if (old == TCP_SYN_SENT) {
+			__sync_fetch_and_add(&c->opened_outbound, 1);
+			if (st && st->syn_sent_ns)
+				observe(cgid, HIST_CONNECT, (bpf_ktime_get_ns() - st->syn_sent_ns) / 1000);
+		} else {
+			__sync_fetch_and_add(&c->opened_inbound, 1);
+		}
+		if (st) {
+			st->established = 1;
+		} else {
+			struct sock_state fresh = { .established = 1 };
+
+			bpf_map_update_elem(&tcp_socks, &skey, &fresh, BPF_ANY);
+		}
+		return 0;
+	}
+	if (new != TCP_CLOSE)
+		return 0;
+
+	c = counters(cgid);
+	if (c) {
+		if (old == TCP_SYN_SENT) {
+			__sync_fetch_and_add(&c->failed_outbound, 1);
+		} else if (old == TCP_SYN_RECV) {
+			__sync_fetch_and_add(&c->failed_inbound, 1);
+		} else {
+			/* Only closes of connections whose open we counted, so
+			 * that opened - closed is the number still active. */
+			st = bpf_map_lookup_elem(&tcp_socks, &skey);
+			if (st && st->established)
+				__sync_fetch_and_add(&c->closed, 1);
+		}
+	}
+	bpf_map_delete_elem(&tcp_socks, &skey);
+	return 0;
+}
+
+SEC("tracepoint/tcp/tcp_retransmit_skb")
+int tcp_retransmit(struct trace_event_raw_tcp_retransmit_skb *ctx)
+{
+	/* Since 6.13 (commit "tcp: add the err to tcp_retransmit_skb tracepoint")
+	 * the tracepoint also fires for attempts that never left; count only
+	 * the ones the kernel counts in TcpRetransSegs. */
+	if (bpf_core_field_exists(ctx->err)) {
+		int err = ctx->err;
+
+		if (err == -16 /* EBUSY */ || err == -12 /* ENOMEM */ || err == -11 /* EAGAIN */ ||
+		    err == -113 /* EHOSTUNREACH */)
+			return 0;
+	}
+	const struct sk_buff *skb = ctx->skbaddr;
+	struct tcp_counters *c = counters(sk_cgroup_id(ctx->skaddr));
+	__u16 segs = 1;
+
+	/* tcp_skb_pcount(): a TSO skb is several segments, as TcpRetransSegs counts them. */
+	bpf_probe_read_kernel(&segs, sizeof(segs), (void *)skb + bpf_core_field_offset(struct sk_buff, cb) + 8);
+	if (c)
+		__sync_fetch_and_add(&c->retransmits, segs ? segs : 1);
+	return 0;
+}
+
+SEC("tracepoint/tcp/tcp_send_reset")
+int tcp_send_reset(struct trace_event_raw_tcp_send_reset *ctx)
+{
+	/* No socket: a reset for a port nobody listens on; no workload to charge. */
+	if (!ctx->skaddr)
+		return 0;
+	struct tcp_counters *c = counters(sk_cgroup_id(ctx->skaddr));
+
+	if (c)
+		__sync_fetch_and_add(&c->resets_sent, 1);
+	return 0;
+}
+
+SEC("tracepoint/tcp/tcp_receive_reset")
+int tcp_receive_reset(struct trace_event_raw_tcp_event_sk *ctx)
+{
+	struct tcp_counters *c = counters(sk_cgroup_id(ctx->skaddr));
+
+	if (c)
+		__sync_fetch_and_add(&c->resets_received, 1);
+	return 0;
+}
+
+SEC("tracepoint/tcp/tcp_probe")
+int tcp_rtt(struct trace_event_raw_tcp_probe *ctx)
+{
+	/* Fires for every segment received on an established socket: keep the
+	 * common path to one hash lookup and a time comparison. */
+	__u64 skey = (__u64)BPF_CORE_READ(ctx, skaddr);
+	__u64 now = bpf_ktime_get_ns();
+	struct sock_state *st = bpf_map_lookup_elem(&tcp_socks, &skey);
+
+	if (st) {
+		if (now - st->last_srtt_ns < cfg.srtt_sample_interval_ns)
+			return 0;
+		st->last_srtt_ns = now;
+	} else {
+		/* A connection older than the agent: sample it from now on. */
+		struct sock_state fresh = { .last_srtt_ns = now };
+
+		bpf_map_update_elem(&tcp_socks, &skey, &fresh, BPF_NOEXIST);
+	}
+	/* ctx->srtt is tp->srtt_us >> 3: microseconds. */
+	observe(sk_cgroup_id((const struct sock *)skey), HIST_SRTT, ctx->srtt);
+	return 0;
+}
+
+SEC("tracepoint/skb/kfree_skb")
+int skb_drop(struct trace_event_raw_kfree_skb *ctx)
+{
+	const struct sk_buff *skb = ctx->skbaddr;
+	const struct sock *sk = BPF_CORE_READ(skb, sk);
+
+	/* rx_sk (6.10+) names the receiving socket when the skb has none yet. */
+	if (!sk && bpf_core_field_exists(ctx->rx_sk))
+		sk = BPF_CORE_READ(ctx, rx_sk);
+	struct drop_key key = { .cgroup_id = sk_cgroup_id(sk), .reason = ctx->reason };
+	__u64 *n = bpf_map_lookup_elem(&network_drops, &key);
+
+	if (!n) {
+		__u64 zero = 0;
+
+		bpf_map_update_elem(&network_drops, &key, &zero, BPF_NOEXIST);
+		n = bpf_map_lookup_elem(&network_drops, &key);
+		if (!n)
+			return 0;
+	}
+	__sync_fetch_and_add(n, 1);
+	return 0;
+}

@@ -1,0 +1,358 @@
+"""Agent configuration: YAML file, then ``PODSIGHT_*`` environment, then flags.
+
+Validation happens before anything touches the kernel.  Every error names the
+source (file and line, env variable or flag), the key, and what was expected,
+so a broken ConfigMap fails the pod at start instead of half-running.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DEFAULT_LISTEN",
+    "Duration",
+    "load_config",
+    "parse_listen",
+]
+
+# 9100-9999 is fully allocated on the Prometheus "Default port allocations"
+# wiki page; 9963 is our pick and is documented in the README.
+DEFAULT_LISTEN = "0.0.0.0:9963"
+
+
+# PODSIGHT_* variables that are not config keys (paths for the runtime itself).
+ENV_NOT_CONFIG = frozenset({"PODSIGHT_CONFIG", "PODSIGHT_BPF_DIR", "PODSIGHT_LIBBPF"})
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with where it came from."""
+
+
+class Duration(float):
+    """Seconds, written in YAML as ``30s``, ``5m``, ``1h``, ``250ms`` or a number."""
+
+    _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    _RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+    @classmethod
+    def parse(cls, value: object) -> "Duration":
+        if isinstance(value, bool):
+            raise ValueError("a duration like 30s, 5m or 1h")
+        if isinstance(value, (int, float)):
+            return cls(float(value))
+        m = cls._RE.match(str(value))
+        if not m:
+            raise ValueError("a duration like 30s, 5m or 1h")
+        return cls(float(m.group(1)) * cls._UNITS[m.group(2) or "s"])
+
+
+@dataclass
+class NetworkProbe:
+    enabled: bool = True
+
+
+@dataclass
+class TcpProbe:
+    enabled: bool = True
+    # Minimum time between two RTT samples of one socket: bounds the cost of
+    # busy sockets while long-lived connections still contribute as they live.
+    srtt_sample_interval: Duration = Duration(1.0)
+
+
+@dataclass
+class Probes:
+    network: NetworkProbe = field(default_factory=NetworkProbe)
+    tcp: TcpProbe = field(default_factory=TcpProbe)
+
+
+@dataclass
+class Kubernetes:
+    # "auto": use the API when in a pod or when a kubeconfig is given.
+    enabled: str = "auto"
+    kubeconfig: str = ""
+    # How long series of a deleted pod stay exported.  Long enough for a
+    # couple of scrapes at common intervals (15-60 s) to see the final value.
+    grace_period: Duration = Duration(300.0)
+
+
+@dataclass
+class Labels:
+    # "container" or "pod": the level traffic is aggregated at.
+    level: str = "container"
+    image: bool = False
+    workload: bool = False
+    pod_labels: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RateLimit:
+    events_per_second: int = 100
+    burst: int = 200
+
+
+@dataclass
+class Egress:
+    allowed_cidrs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SecurityOutput:
+    stdout: bool = True
+    file: str = ""
+
+
+@dataclass
+class Security:
+    enabled: bool = False
+    rules_files: list[str] = field(default_factory=list)
+    include_host: bool = False
+    ringbuf_size_kb: int = 256
+    rate_limit: RateLimit = field(default_factory=RateLimit)
+    egress: Egress = field(default_factory=Egress)
+    output: SecurityOutput = field(default_factory=SecurityOutput)
+
+
+@dataclass
+class Config:
+    listen: str = DEFAULT_LISTEN
+    node_name: str = ""
+    log_level: str = "info"
+    # Empty: detect the cgroup v2 mount (/sys/fs/cgroup or /sys/fs/cgroup/unified).
+    cgroup_root: str = ""
+    # How often the identity resolver may rescan the cgroup tree for unknown ids.
+    rescan_interval: Duration = Duration(2.0)
+    # Kernel BPF run-time statistics (podsight_bpf_program_*): each program run
+    # then costs two clock reads more, so it is opt-in.
+    bpf_stats: bool = False
+    probes: Probes = field(default_factory=Probes)
+    kubernetes: Kubernetes = field(default_factory=Kubernetes)
+    labels: Labels = field(default_factory=Labels)
+    security: Security = field(default_factory=Security)
+
+
+_CHOICES = {
+    "log_level": ("debug", "info", "warning", "error"),
+    "kubernetes.enabled": ("auto", "true", "false"),
+    "labels.level": ("container", "pod"),
+}
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 as ``[::1]:port``) → (host, port)."""
+    m = re.match(r"^(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]*)):(\d{1,5})$", value)
+    if not m:
+        raise ValueError("an address like 0.0.0.0:9963 or [::]:9963")
+    host = m.group(1) if m.group(1) is not None else m.group(2)
+    port = int(m.group(3))
+    if port > 65535:
+        raise ValueError("a port between 0 and 65535 (0: any free port)")
+    if m.group(1) is not None:
+        ipaddress.IPv6Address(host)
+    return host or "0.0.0.0", port
+
+
+def _describe(tp: object) -> str:
+    if tp is bool:
+        return "a boolean"
+    if tp is int:
+        return "an integer"
+    if tp is str:
+        return "a string"
+    if tp is Duration:
+        return "a duration like 30s, 5m or 1h"
+    if typing.get_origin(tp) is list:
+        return "a list of strings"
+    return "a mapping"
+
+
+class _Loader:
+    """Walks a YAML node tree against the dataclasses, keeping line numbers."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def where(self, node: yaml.Node | None) -> str:
+        if node is None or node.start_mark is None:
+            return self.source
+        return f"{self.source}:{node.start_mark.line + 1}"
+
+    def fail(self, node, key: str, message: str) -> typing.NoReturn:
+        raise ConfigError(f"{self.where(node)}: {key}: {message}")
+
+    def apply(self, obj: object, node: yaml.Node, prefix: str = "") -> None:
+        if not isinstance(node, yaml.MappingNode):
+            self.fail(node, prefix.rstrip(".") or "(top level)", "expected a mapping")
+        hints = typing.get_type_hints(type(obj))
+        names = {f.name for f in dataclasses.fields(obj)}
+        seen: set[str] = set()
+        for knode, vnode in node.value:
+            key = knode.value
+            path = f"{prefix}{key}"
+            if key not in names:
+                allowed = ", ".join(sorted(names))
+                self.fail(knode, path, f"unknown key (expected one of: {allowed})")
+            if key in seen:
+                self.fail(knode, path, "key appears twice")
+            seen.add(key)
+            tp = hints[key]
+            if dataclasses.is_dataclass(tp):
+                self.apply(getattr(obj, key), vnode, path + ".")
+            else:
+                setattr(obj, key, self.convert(tp, vnode, path))
+
+    def convert(self, tp: object, node: yaml.Node, path: str):
+        expected = _describe(tp)
+        if typing.get_origin(tp) is list:
+            if not isinstance(node, yaml.SequenceNode):
+                self.fail(node, path, f"expected {expected}")
+            return [self.convert(str, item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        if not isinstance(node, yaml.ScalarNode):
+            self.fail(node, path, f"expected {expected}")
+        value = yaml.safe_load(yaml.serialize(node)) if node.value != "" else ""
+        return self.scalar(tp, value, node, path)
+
+    def scalar(self, tp: object, value: object, node, path: str):
+        expected = _describe(tp)
+        if tp is bool:
+            if not isinstance(value, bool):
+                self.fail(node, path, f"expected {expected}, got {value!r}")
+            return value
+        if tp is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.fail(node, path, f"expected {expected}, got {value!r}")
+            return value
+        if tp is Duration:
+            try:
+                return Duration.parse(value)
+            except ValueError:
+                self.fail(node, path, f"expected {expected}, got {value!r}")
+        if tp is str:
+            if isinstance(value, bool):
+                # YAML 1.1 reads "true" as a boolean; accept it for string switches.
+                return "true" if value else "false"
+            if not isinstance(value, (str, int, float)):
+                self.fail(node, path, f"expected {expected}, got {value!r}")
+            return str(value)
+        raise AssertionError(tp)
+
+
+def _check(cfg: Config, where: dict[str, str]) -> None:
+    """Cross-field checks that types alone do not catch."""
+
+    def fail(key: str, message: str) -> typing.NoReturn:
+        raise ConfigError(f"{where.get(key, 'config')}: {key}: {message}")
+
+    for key, choices in _CHOICES.items():
+        obj: object = cfg
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        if obj not in choices:
+            fail(key, f"expected one of {', '.join(choices)}, got {obj!r}")
+    try:
+        parse_listen(cfg.listen)
+    except ValueError as e:
+        fail("listen", f"expected {e}, got {cfg.listen!r}")
+    if cfg.security.rate_limit.events_per_second < 1:
+        fail("security.rate_limit.events_per_second", "expected a positive integer")
+    if cfg.security.rate_limit.burst < 1:
+        fail("security.rate_limit.burst", "expected a positive integer")
+    size = cfg.security.ringbuf_size_kb
+    if size < 4 or size & (size - 1):
+        fail("security.ringbuf_size_kb", f"expected a power of two >= 4, got {size}")
+    for i, cidr in enumerate(cfg.security.egress.allowed_cidrs):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            fail(f"security.egress.allowed_cidrs[{i}]", f"expected a CIDR, got {cidr!r}")
+    for i, name in enumerate(cfg.labels.pod_labels):
+        if not name or len(name) > 317:
+            fail(f"labels.pod_labels[{i}]", f"expected a Kubernetes label key, got {name!r}")
+
+
+def _where_map(node: yaml.Node | None, source: str, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    if isinstance(node, yaml.MappingNode):
+        for knode, vnode in node.value:
+            path = prefix + str(knode.value)
+            out[path] = f"{source}:{knode.start_mark.line + 1}"
+            if isinstance(vnode, yaml.SequenceNode):
+                for i, item in enumerate(vnode.value):
+                    out[f"{path}[{i}]"] = f"{source}:{item.start_mark.line + 1}"
+            out.update(_where_map(vnode, source, path + "."))
+    return out
+
+
+def _env_node(name: str, raw: str) -> yaml.Node:
+    try:
+        return yaml.compose(raw) or yaml.ScalarNode("tag:yaml.org,2002:null", "")
+    except yaml.YAMLError as e:
+        raise ConfigError(f"environment {name}: not valid YAML: {e}") from None
+
+
+def _nest(path: str, node: yaml.Node) -> yaml.MappingNode:
+    parts = path.split(".")
+    for part in reversed(parts):
+        node = yaml.MappingNode(
+            "tag:yaml.org,2002:map",
+            [(yaml.ScalarNode("tag:yaml.org,2002:str", part), node)],
+        )
+    return node
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    env: typing.Mapping[str, str] | None = None,
+    overrides: typing.Mapping[str, object] | None = None,
+) -> Config:
+    """Build the effective configuration.
+
+    ``env`` keys look like ``PODSIGHT_LISTEN`` or ``PODSIGHT_SECURITY__ENABLED``
+    (double underscore descends into a section).  ``overrides`` are flag values
+    keyed by dotted path and win over everything else.
+    """
+    cfg = Config()
+    where: dict[str, str] = {}
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"{source}: cannot read: {e.strerror}") from None
+        try:
+            root = yaml.compose(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{source}{line}: not valid YAML: {getattr(e, 'problem', e)}") from None
+        if root is not None and not (isinstance(root, yaml.ScalarNode) and root.value == ""):
+            _Loader(source).apply(cfg, root)
+            where.update(_where_map(root, source))
+    for name, raw in sorted((env if env is not None else os.environ).items()):
+        if not name.startswith("PODSIGHT_") or name in ENV_NOT_CONFIG:
+            continue
+        dotted = name[len("PODSIGHT_"):].lower().replace("__", ".")
+        _Loader(f"environment {name}").apply(cfg, _nest(dotted, _env_node(name, raw)))
+        where[dotted] = f"environment {name}"
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        obj: object = cfg
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            obj = getattr(obj, part)
+        tp = typing.get_type_hints(type(obj))[parts[-1]]
+        flag = "--" + parts[-1].replace("_", "-")
+        setattr(obj, parts[-1], _Loader(f"flag {flag}").scalar(tp, value, None, dotted))
+        where[dotted] = f"flag {flag}"
+    _check(cfg, where)
+    return cfg

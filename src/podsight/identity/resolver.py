@@ -1,0 +1,114 @@
+"""cgroup v2 id → cgroup path → identity.
+
+The id the kernel reports (``bpf_skb_cgroup_id``) is the inode number of the
+cgroup directory, so one walk of the cgroup tree (``DirEntry.inode()``, no
+stat per directory) maps every id.  Unknown ids trigger a rescan at most once
+per ``rescan_interval``: never a scan per packet or per scrape.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from .cgroups import CgroupIdentity, parse_cgroup_path
+
+__all__ = ["CgroupResolver", "CgroupInfo"]
+
+log = logging.getLogger("podsight.identity")
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupInfo:
+    cgroup_id: int
+    path: str  # relative to the cgroup2 root, starting with "/"
+    identity: CgroupIdentity
+
+
+class CgroupResolver:
+    # After this many rescans that could not find an id, stop holding it back:
+    # it belonged to a cgroup removed before we ever saw its directory.
+    UNRESOLVED_AFTER = 3
+
+    def __init__(
+        self,
+        root: str,
+        rescan_interval: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.root = root.rstrip("/") or "/"
+        self.rescan_interval = rescan_interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._by_id: dict[int, CgroupInfo] = {}
+        self._gone: dict[int, float] = {}  # id → when its directory was first seen missing
+        self._misses: dict[int, int] = {}
+        self._last_scan = float("-inf")
+        self.scans = 0
+
+    def scan(self) -> None:
+        """Walk the whole tree once and update the id map."""
+        found: dict[int, str] = {}
+        root_ino = os.stat(self.root).st_ino
+        found[root_ino] = "/"
+        stack = [(self.root, "")]
+        while stack:
+            top, rel = stack.pop()
+            try:
+                it = os.scandir(top)
+            except OSError:
+                continue  # removed while we walked
+            with it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        path = f"{rel}/{entry.name}"
+                        found[entry.inode()] = path
+                        stack.append((entry.path, path))
+        now = self._clock()
+        with self._lock:
+            for cid, path in found.items():
+                old = self._by_id.get(cid)
+                if old is None or old.path != path:
+                    self._by_id[cid] = CgroupInfo(cid, path, parse_cgroup_path(path))
+                self._gone.pop(cid, None)
+                self._misses.pop(cid, None)
+            for cid in self._by_id.keys() - found.keys():
+                self._gone.setdefault(cid, now)
+            self._last_scan = now
+            self.scans += 1
+
+    def resolve(self, cgroup_id: int) -> CgroupInfo | None:
+        return self._by_id.get(cgroup_id)
+
+    def resolve_many(self, ids: Iterable[int]) -> dict[int, CgroupInfo | None]:
+        """Resolve ``ids``, rescanning once (rate-limited) if some are unknown."""
+        out = {cid: self._by_id.get(cid) for cid in ids}
+        missing = [cid for cid, info in out.items() if info is None]
+        if missing and self._clock() - self._last_scan >= self.rescan_interval:
+            self.scan()
+            for cid in missing:
+                info = self._by_id.get(cid)
+                out[cid] = info
+                if info is None:
+                    self._misses[cid] = self._misses.get(cid, 0) + 1
+        return out
+
+    def unresolvable(self, cgroup_id: int) -> bool:
+        return self._misses.get(cgroup_id, 0) >= self.UNRESOLVED_AFTER
+
+    def gone(self) -> dict[int, float]:
+        """Ids whose directory has disappeared, with the time it was noticed."""
+        with self._lock:
+            return dict(self._gone)
+
+    def forget(self, cgroup_id: int) -> None:
+        with self._lock:
+            self._by_id.pop(cgroup_id, None)
+            self._gone.pop(cgroup_id, None)
+            self._misses.pop(cgroup_id, None)
+
+    def __len__(self) -> int:
+        return len(self._by_id)

@@ -1,0 +1,273 @@
+"""Open, configure, load and attach one BPF object; read its maps.
+
+Every attachment is a bpf *link* owned by this process: when the process
+dies, even by SIGKILL, the kernel closes the fds and detaches everything.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+from .libbpf import LibbpfError, check_int, check_ptr, lib
+
+__all__ = ["BpfObject", "Map", "Link", "bpf_dir", "possible_cpus"]
+
+log = logging.getLogger("podsight.loader")
+
+_BATCH = 1024
+
+
+def bpf_dir() -> Path:
+    """Where the compiled objects are: $PODSIGHT_BPF_DIR, else build/bpf of the checkout."""
+    env = os.environ.get("PODSIGHT_BPF_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "build" / "bpf"
+
+
+_ncpus: int | None = None
+
+
+def possible_cpus() -> int:
+    global _ncpus
+    if _ncpus is None:
+        _ncpus = check_int("libbpf_num_possible_cpus", lib.libbpf_num_possible_cpus())
+    return _ncpus
+
+
+class Link:
+    def __init__(self, ptr: int, what: str):
+        self._ptr: int | None = ptr
+        self.what = what
+
+    def destroy(self) -> None:
+        if self._ptr:
+            lib.bpf_link__destroy(self._ptr)
+            self._ptr = None
+
+
+class Map:
+    """A loaded map.  Values of per-CPU maps come back summed over CPUs."""
+
+    PERCPU_TYPES = {5, 6, 10}  # percpu_hash, percpu_array, lru_percpu_hash
+
+    def __init__(self, ptr: int):
+        self.name = lib.bpf_map__name(ptr).decode()
+        self.fd = lib.bpf_map__fd(ptr)
+        self.type = lib.bpf_map__type(ptr)
+        self.key_size = lib.bpf_map__key_size(ptr)
+        self.value_size = lib.bpf_map__value_size(ptr)
+        self.max_entries = lib.bpf_map__max_entries(ptr)
+        self.percpu = self.type in self.PERCPU_TYPES
+        self._stride = (self.value_size + 7) & ~7
+        self._ncpu = possible_cpus() if self.percpu else 1
+        self._batch_ok = True
+
+    def _value_buf_size(self, n: int) -> int:
+        return n * (self._stride * self._ncpu if self.percpu else self.value_size)
+
+    def items_raw(self) -> Iterator[tuple[bytes, list[bytes]]]:
+        """(key bytes, [value bytes per CPU]) for every entry."""
+        if self._batch_ok:
+            try:
+                yield from self._items_batch()
+                return
+            except LibbpfError as e:
+                # EINVAL/ENOTSUPP(524): kernels or map types without batch ops.
+                if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, 524):
+                    raise
+                log.info("map %s: batch lookup refused (%s); iterating keys", self.name, e)
+                self._batch_ok = False
+        yield from self._items_iter()
+
+    def _split(self, raw: bytes) -> list[bytes]:
+        if not self.percpu:
+            return [raw[: self.value_size]]
+        s = self._stride
+        return [raw[i * s : i * s + self.value_size] for i in range(self._ncpu)]
+
+    def _items_batch(self) -> Iterator[tuple[bytes, list[bytes]]]:
+        keys = ctypes.create_string_buffer(self.key_size * _BATCH)
+        vals = ctypes.create_string_buffer(self._value_buf_size(_BATCH))
+        token_in = ctypes.create_string_buffer(max(self.key_size, 8))
+        token_out = ctypes.create_string_buffer(max(self.key_size, 8))
+        count = ctypes.c_uint32()
+        first = True
+        vsize = self._value_buf_size(1)
+        while True:
+            count.value = _BATCH
+            ret = lib.bpf_map_lookup_batch(
+                self.fd, None if first else token_in, token_out, keys, vals, ctypes.byref(count), None
+            )
+            done = ret < 0 and -ret == errno.ENOENT
+            if ret < 0 and not done:
+                check_int("bpf_map_lookup_batch", ret, self.name)
+            kraw, vraw = keys.raw, vals.raw
+            for i in range(count.value):
+                k = kraw[i * self.key_size : (i + 1) * self.key_size]
+                yield k, self._split(vraw[i * vsize : (i + 1) * vsize])
+            if done:
+                return
+            ctypes.memmove(token_in, token_out, len(token_out))
+            first = False
+
+    def _items_iter(self) -> Iterator[tuple[bytes, list[bytes]]]:
+        key = ctypes.create_string_buffer(self.key_size)
+        nxt = ctypes.create_string_buffer(self.key_size)
+        val = ctypes.create_string_buffer(self._value_buf_size(1))
+        ret = lib.bpf_map_get_next_key(self.fd, None, nxt)
+        while ret == 0:
+            ctypes.memmove(key, nxt, self.key_size)
+            if lib.bpf_map_lookup_elem(self.fd, key, val) == 0:
+                yield key.raw, self._split(val.raw)
+            ret = lib.bpf_map_get_next_key(self.fd, key, nxt)
+
+    def delete(self, key: bytes) -> bool:
+        ret = lib.bpf_map_delete_elem(self.fd, key)
+        if ret < 0 and -ret != errno.ENOENT:
+            check_int("bpf_map_delete_elem", ret, self.name)
+        return ret == 0
+
+    def lookup(self, key: bytes) -> list[bytes] | None:
+        val = ctypes.create_string_buffer(self._value_buf_size(1))
+        if lib.bpf_map_lookup_elem(self.fd, key, val) != 0:
+            return None
+        return self._split(val.raw)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.keys())
+
+    def keys(self) -> Iterator[bytes]:
+        key = ctypes.create_string_buffer(self.key_size)
+        nxt = ctypes.create_string_buffer(self.key_size)
+        ret = lib.bpf_map_get_next_key(self.fd, None, nxt)
+        while ret == 0:
+            yield nxt.raw
+            ctypes.memmove(key, nxt, self.key_size)
+            ret = lib.bpf_map_get_next_key(self.fd, key, nxt)
+
+
+class BpfObject:
+    """One compiled ``.bpf.o``: open → (configure) → load → attach → close."""
+
+    def __init__(self, name: str, directory: Path | None = None):
+        self.name = name
+        self.path = (directory or bpf_dir()) / f"{name}.bpf.o"
+        if not self.path.exists():
+            raise FileNotFoundError(
+                f"{self.path}: BPF object not built; run `make setup` (or scripts/build-bpf.sh)"
+            )
+        self._obj: int | None = check_ptr(
+            "bpf_object__open_file", lib.bpf_object__open_file(str(self.path).encode(), None), str(self.path)
+        )
+        self.links: list[Link] = []
+        self.maps: dict[str, Map] = {}
+        self._loaded = False
+
+    # -- before load -------------------------------------------------------
+    def _programs(self) -> Iterator[tuple[str, int]]:
+        prog = lib.bpf_object__next_program(self._obj, None)
+        while prog:
+            yield lib.bpf_program__name(prog).decode(), prog
+            prog = lib.bpf_object__next_program(self._obj, prog)
+
+    def _map_ptrs(self) -> Iterator[tuple[str, int]]:
+        m = lib.bpf_object__next_map(self._obj, None)
+        while m:
+            yield lib.bpf_map__name(m).decode(), m
+            m = lib.bpf_object__next_map(self._obj, m)
+
+    def program_names(self) -> list[str]:
+        return [n for n, _ in self._programs()]
+
+    def set_config(self, value: ctypes.Structure) -> None:
+        """Set the object's ``const volatile`` config struct.
+
+        The C side declares it alone in ``SEC(".rodata.config")`` so that the
+        section is exactly the struct, whatever else the compiler puts in .rodata.
+        """
+        for name, ptr in self._map_ptrs():
+            if name.endswith(".rodata.config"):
+                size = lib.bpf_map__value_size(ptr)
+                if size != ctypes.sizeof(value):
+                    raise ValueError(
+                        f"{self.path}: .rodata is {size} bytes but {type(value).__name__} is "
+                        f"{ctypes.sizeof(value)}: bpf/podsight.h and layouts.py disagree"
+                    )
+                buf = ctypes.create_string_buffer(bytes(value), size)
+                check_int("bpf_map__set_initial_value", lib.bpf_map__set_initial_value(ptr, buf, size))
+                return
+        raise ValueError(f"{self.path}: no .rodata.config section to configure")
+
+    def set_max_entries(self, map_name: str, n: int) -> None:
+        for name, ptr in self._map_ptrs():
+            if name == map_name:
+                check_int("bpf_map__set_max_entries", lib.bpf_map__set_max_entries(ptr, n), map_name)
+                return
+        raise KeyError(map_name)
+
+    def set_autoload(self, prog_name: str, on: bool) -> None:
+        for name, prog in self._programs():
+            if name == prog_name:
+                check_int("bpf_program__set_autoload", lib.bpf_program__set_autoload(prog, on))
+                return
+        raise KeyError(prog_name)
+
+    def load(self) -> None:
+        check_int("bpf_object__load", lib.bpf_object__load(self._obj), str(self.path))
+        self._loaded = True
+        for name, ptr in self._map_ptrs():
+            if "." not in name:  # .rodata, .bss, .rodata.config: internal
+                self.maps[name] = Map(ptr)
+
+    # -- after load --------------------------------------------------------
+    def program_fd(self, prog_name: str) -> int:
+        for name, prog in self._programs():
+            if name == prog_name:
+                return lib.bpf_program__fd(prog)
+        raise KeyError(prog_name)
+
+    def loaded_programs(self) -> dict[str, int]:
+        """Program name → fd, for programs that were loaded."""
+        return {n: lib.bpf_program__fd(p) for n, p in self._programs() if lib.bpf_program__fd(p) >= 0}
+
+    def attach(self, prog_name: str) -> Link:
+        """Attach by section name (tracepoint/…, raw_tp/…, tp_btf/…)."""
+        for name, prog in self._programs():
+            if name == prog_name:
+                link = Link(check_ptr("bpf_program__attach", lib.bpf_program__attach(prog), prog_name), prog_name)
+                self.links.append(link)
+                return link
+        raise KeyError(prog_name)
+
+    def attach_cgroup(self, prog_name: str, cgroup_path: str) -> Link:
+        fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name, prog in self._programs():
+                if name == prog_name:
+                    ptr = lib.bpf_program__attach_cgroup(prog, fd)
+                    link = Link(check_ptr("bpf_program__attach_cgroup", ptr, f"{prog_name} on {cgroup_path}"), prog_name)
+                    self.links.append(link)
+                    return link
+            raise KeyError(prog_name)
+        finally:
+            os.close(fd)  # the link holds its own reference to the cgroup
+
+    def close(self) -> None:
+        for link in reversed(self.links):
+            link.destroy()
+        self.links.clear()
+        if self._obj:
+            lib.bpf_object__close(self._obj)
+            self._obj = None
+        self.maps.clear()
+
+    def __enter__(self) -> "BpfObject":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

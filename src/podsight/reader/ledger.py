@@ -1,0 +1,52 @@
+"""Per label-set totals that stay monotonic while cgroups come and go.
+
+Many cgroups can share one label set (all of a pod's containers at pod level,
+every session scope under ``user.slice``).  When a cgroup's map entry is
+deleted, its last values move into ``retired`` so the label set's counter
+never goes backwards.  A label set is forgotten only when its owner is gone
+for good (a deleted pod after its grace period).
+"""
+from __future__ import annotations
+
+from typing import Callable, Hashable, Mapping
+
+__all__ = ["Ledger"]
+
+Labels = tuple[str, ...]
+
+
+class Ledger:
+    def __init__(self, width: int):
+        self.width = width
+        self.retired: dict[Labels, list[int]] = {}
+
+    def aggregate(
+        self,
+        current: Mapping[Hashable, tuple[int, ...]],
+        label_of: Callable[[Hashable], Labels | None],
+    ) -> dict[Labels, list[int]]:
+        """Sum ``current`` by label set, on top of what retired entries left.
+
+        ``label_of`` returns None for entries to hold back this time (not yet
+        resolved); their counts stay in the kernel map and show up later.
+        """
+        out = {labels: list(vals) for labels, vals in self.retired.items()}
+        for key, vals in current.items():
+            labels = label_of(key)
+            if labels is None:
+                continue
+            acc = out.get(labels)
+            if acc is None:
+                out[labels] = list(vals)
+            else:
+                for i, v in enumerate(vals):
+                    acc[i] += v
+        return out
+
+    def retire(self, labels: Labels, vals: tuple[int, ...]) -> None:
+        acc = self.retired.setdefault(labels, [0] * self.width)
+        for i, v in enumerate(vals):
+            acc[i] += v
+
+    def forget(self, labels: Labels) -> None:
+        self.retired.pop(labels, None)

@@ -1,0 +1,90 @@
+"""Wires the agent's parts together in the order that keeps bad input harmless.
+
+``Runtime(cfg)`` does everything that can fail on input (bind the listen
+address, read rule files, reach the cgroup tree) without touching the kernel;
+``start()`` then attaches.  ``stop()`` detaches everything.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from prometheus_client.core import CollectorRegistry
+from prometheus_client.process_collector import ProcessCollector
+
+from .agent import Agent
+from .config import Config, parse_listen
+from .exporters.http import MetricsServer
+from .exporters.prometheus import PodsightCollector
+from .kernel.mounts import MountError
+
+__all__ = ["Runtime", "StartupError"]
+
+log = logging.getLogger("podsight.runtime")
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+def _kubernetes_wanted(cfg: Config) -> bool:
+    if cfg.kubernetes.enabled == "false":
+        return False
+    if cfg.kubernetes.enabled == "true":
+        return True
+    return bool(cfg.kubernetes.kubeconfig or os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+class Runtime:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.pods = None
+        try:
+            self.agent = Agent(cfg)
+        except MountError as e:
+            raise StartupError(str(e)) from None
+        if _kubernetes_wanted(cfg):
+            from .identity.pods import PodWatcher
+
+            self.pods = PodWatcher(
+                self.agent.node,
+                cfg.kubernetes.kubeconfig or None,
+                on_change=self.agent.labeler.invalidate,
+            )
+            self.agent.pods = self.pods
+            self.agent.labeler.pods = self.pods
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(PodsightCollector(self.agent, self))
+        ProcessCollector(registry=self.registry)
+        host, port = parse_listen(cfg.listen)
+        try:
+            self.server = MetricsServer(host, port, self.registry, self.readiness)
+        except OSError as e:
+            raise StartupError(f"cannot listen on {cfg.listen}: {e.strerror}") from None
+        self.port = self.server.port
+
+    def start(self) -> None:
+        self.agent.start()
+        if self.pods is not None:
+            self.pods.start()
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+        if self.pods is not None:
+            self.pods.stop()
+        self.agent.stop()
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.agent.started:
+            return False, "starting: probes not attached yet"
+        down = [name for name, p in self.agent.probes.items() if not p.up]
+        notes = []
+        if down:
+            notes.append(f"probes unavailable: {', '.join(down)}")
+        if self.pods is not None and not self.pods.api_up:
+            notes.append("kubernetes API unreachable, exporting with cgroup-derived labels")
+        return True, ("degraded: " + "; ".join(notes)) if notes else "ready"
+
+    def kubernetes_api_up(self) -> int | None:
+        return None if self.pods is None else int(self.pods.api_up)

@@ -1,0 +1,176 @@
+"""TCP health from the real tracepoints, checked against known workloads and
+the kernel's own counters (nstat, ss -ti)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.agent import AgentProcess
+from tests.support.pods import sh
+
+pytestmark = pytest.mark.root
+
+NETPROG = str(Path(__file__).resolve().parents[1] / "support" / "netprog.py")
+PY = "python3"
+FAST_RTT = "probes:\n  tcp:\n    srtt_sample_interval: 100ms\n"
+
+
+def serve(pod, port, send=0):
+    p = pod.run(PY, NETPROG, "serve", pod.ip, str(port), str(send), text=True)
+    assert p.stdout.readline().strip() == "listening", p.stderr.read()
+    return p
+
+
+def run(pod, *args, timeout=60) -> str:
+    p = pod.run(PY, NETPROG, *args, text=True)
+    out, err = p.communicate(timeout=timeout)
+    assert p.returncode == 0, err
+    return out.strip()
+
+
+def sel(pod):
+    return dict(pod=pod.uid, container=pod.container_id)
+
+
+def test_seven_connections_open_and_close(node):
+    a, b = node.pod("a"), node.pod("b")
+    with AgentProcess() as agent:
+        serve(b, 8080)
+        assert run(a, "connect", b.ip, "8080", "7") == "7"
+
+        def done(s):
+            return s.value("podsight_tcp_connections_closed_total", **sel(b)) >= 7 and \
+                s.value("podsight_tcp_connections_closed_total", **sel(a)) >= 7
+
+        s = agent.wait_for(done)
+        assert s.value("podsight_tcp_connections_opened_total", direction="outbound", **sel(a)) == 7
+        assert s.value("podsight_tcp_connections_opened_total", direction="inbound", **sel(a)) == 0
+        assert s.value("podsight_tcp_connections_opened_total", direction="inbound", **sel(b)) == 7
+        assert s.value("podsight_tcp_connections_opened_total", direction="outbound", **sel(b)) == 0
+        assert s.value("podsight_tcp_connections_closed_total", **sel(a)) == 7
+        assert s.value("podsight_tcp_connections_closed_total", **sel(b)) == 7
+        assert s.value("podsight_tcp_connections_active", **sel(a)) == 0
+        assert s.value("podsight_tcp_connections_active", **sel(b)) == 0
+        # Exactly the successful outbound connects are timed.
+        assert s.value("podsight_tcp_connect_duration_seconds_count", **sel(a)) == 7
+        assert s.value("podsight_tcp_connect_duration_seconds_count", **sel(b)) == 0
+        assert s.value("podsight_tcp_connect_duration_seconds_sum", **sel(a)) > 0
+
+        holder = a.run(PY, NETPROG, "hold", b.ip, "8080", "30", "0.2", text=True)
+        assert holder.stdout.readline().strip() == "open"
+        s = agent.wait_for(lambda s: s.value("podsight_tcp_connections_active", **sel(a)) >= 1)
+        assert s.value("podsight_tcp_connections_active", **sel(a)) == 1
+        assert s.value("podsight_tcp_connections_active", **sel(b)) == 1
+
+
+def test_refused_connects_fail_and_receive_resets(node):
+    a, b = node.pod("a"), node.pod("b")
+    with AgentProcess() as agent:
+        assert run(a, "refused", b.ip, "9", "5") == "5"
+        s = agent.wait_for(lambda s: s.value("podsight_tcp_connections_failed_total", **sel(a)) >= 5)
+        assert s.value("podsight_tcp_connections_failed_total", direction="outbound", **sel(a)) == 5
+        assert s.value("podsight_tcp_resets_total", direction="received", **sel(a)) == 5
+        assert s.value("podsight_tcp_connections_opened_total", **sel(a)) == 0
+        assert s.value("podsight_tcp_connect_duration_seconds_count", **sel(a)) == 0
+
+
+def nstat_retrans(*pods) -> int:
+    total = 0
+    for p in pods:
+        out = sh("nstat", "-az", "TcpRetransSegs", ns=p.ns)
+        m = re.search(r"TcpRetransSegs\s+(\d+)", out)
+        total += int(m.group(1)) if m else 0
+    return total
+
+
+def test_retransmits_match_nstat(node):
+    a, b = node.pod("a"), node.pod("b")
+    with AgentProcess() as agent:
+        serve(b, 8081, send=20_000_000)
+        before = nstat_retrans(a, b)
+        # Lose 3% of B's segments on their way into A: B retransmits.
+        rule = ["INPUT", "-p", "tcp", "--sport", "8081", "-m", "statistic", "--mode", "random",
+                "--probability", "0.03", "-j", "DROP"]
+        sh("iptables", "-A", *rule, ns=a.ns)
+        try:
+            assert run(a, "download", b.ip, "8081", "20000000") == "20000000"
+        finally:
+            sh("iptables", "-D", *rule, ns=a.ns)
+        after = nstat_retrans(a, b)
+        kernel = after - before
+        assert kernel >= 1, "the drop rule caused no retransmission"
+
+        def total(s):
+            return s.value("podsight_tcp_retransmits_total", **sel(a)) + \
+                s.value("podsight_tcp_retransmits_total", **sel(b))
+
+        s = agent.wait_for(lambda s: total(s) >= kernel)
+        # The pods' namespaces carry no other TCP traffic, so their nstat
+        # deltas are exactly the retransmits of these two pods; 5% leaves room
+        # for a retransmit in flight when nstat was read.
+        assert abs(total(s) - kernel) <= max(1, 0.05 * kernel), (total(s), kernel)
+        assert s.value("podsight_tcp_retransmits_total", **sel(b)) >= 1
+
+
+def ss_rtt_us(pod, port: int) -> float:
+    out = sh("ss", "-tin", "state", "established", f"( dport = :{port} )", ns=pod.ns)
+    m = re.search(r"\brtt:([\d.]+)/", out)
+    assert m, out
+    return float(m.group(1)) * 1000
+
+
+def median_bucket(s, **match) -> tuple[float, float]:
+    """(lower, upper) bounds in seconds of the bucket holding the median."""
+    buckets = sorted(
+        ((float(l["le"]), v) for l, v in s.series("podsight_tcp_srtt_seconds_bucket", **match)),
+        key=lambda x: x[0],
+    )
+    count = buckets[-1][1]
+    lower = 0.0
+    for le, cum in buckets:
+        if cum >= count / 2:
+            return lower, le
+        lower = le
+    raise AssertionError(buckets)
+
+
+def test_srtt_sampled_while_connection_lives(node):
+    a, b = node.pod("a"), node.pod("b")
+    with AgentProcess(config=FAST_RTT) as agent:
+        serve(b, 8082)
+        holder = a.run(PY, NETPROG, "hold", b.ip, "8082", "6", "0.05", text=True)
+        assert holder.stdout.readline().strip() == "open"
+        time.sleep(1.0)
+        first = agent.scrape().value("podsight_tcp_srtt_seconds_count", **sel(a))
+        time.sleep(1.5)
+        rtt_us = ss_rtt_us(a, 8082)
+        s = agent.scrape()
+        second = s.value("podsight_tcp_srtt_seconds_count", **sel(a))
+        assert holder.poll() is None, "connection closed before the second look"
+        assert 0 < first < second, (first, second)
+        lo, hi = median_bucket(s, **sel(a))
+        # Within one log2 bucket of what ss reports for this socket.
+        assert lo / 2 <= rtt_us * 1e-6 <= hi * 2, (lo, hi, rtt_us)
+        assert s.value("podsight_tcp_srtt_seconds_sum", **sel(a)) > 0
+
+
+def test_netfilter_drops_have_their_reason(node):
+    a, b = node.pod("a"), node.pod("b")
+    with AgentProcess() as agent:
+        serve(b, 8083)
+        rule = ["OUTPUT", "-p", "tcp", "--dport", "8083", "-j", "DROP"]
+        sh("iptables", "-A", *rule, ns=a.ns)
+        try:
+            p = a.run(PY, NETPROG, "refused", b.ip, "8083", "1", text=True)
+            time.sleep(2.5)  # SYN + one retransmission, both dropped by the rule
+            p.kill()
+        finally:
+            sh("iptables", "-D", *rule, ns=a.ns)
+        s = agent.wait_for(lambda s: s.value("podsight_network_drops_total", reason="NETFILTER_DROP", **sel(a)) >= 1)
+        assert s.value("podsight_network_drops_total", reason="NETFILTER_DROP", **sel(a)) >= 2
+        reasons = {l["reason"] for l, _ in s.series("podsight_network_drops_total")}
+        assert all(not r.isdigit() for r in reasons), reasons

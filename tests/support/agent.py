@@ -1,0 +1,123 @@
+"""Run the real agent (``podsight run``) as a child process and scrape it."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+__all__ = ["AgentProcess", "Scrape"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Scrape:
+    """One /metrics page, parsed by prometheus_client's own parser."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.samples = [s for fam in text_string_to_metric_families(text) for s in fam.samples]
+
+    def series(self, name: str, **match: str) -> list[tuple[dict[str, str], float]]:
+        return [
+            (s.labels, s.value)
+            for s in self.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in match.items())
+        ]
+
+    def value(self, name: str, **match: str) -> float:
+        """Sum of the matching series; 0 when there is none."""
+        return sum(v for _, v in self.series(name, **match))
+
+
+class AgentProcess:
+    def __init__(self, *args: str, config: str | None = None, env: dict[str, str] | None = None):
+        self.args = list(args)
+        self.config_path = None
+        if config is not None:
+            fd, self.config_path = tempfile.mkstemp(suffix=".yaml", prefix="podsight-test-")
+            with os.fdopen(fd, "w") as f:
+                f.write(config)
+            self.args += ["--config", self.config_path]
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+        self.log: list[str] = []
+
+    def start(self, timeout: float = 20.0) -> "AgentProcess":
+        cmd = [sys.executable, "-m", "podsight.cli", "run", "--listen", "127.0.0.1:0", *self.args]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env, cwd=REPO
+        )
+        ready = threading.Event()
+
+        def pump() -> None:
+            for line in self.proc.stdout:
+                self.log.append(line.rstrip())
+                m = re.search(r"serving (http://\S+)/metrics", line)
+                if m:
+                    self.url = m.group(1)
+                    ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not ready.is_set():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("agent did not start:\n" + "\n".join(self.log))
+            ready.wait(0.05)
+        return self
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def scrape(self) -> Scrape:
+        status, body = self.get("/metrics")
+        assert status == 200, body
+        return Scrape(body)
+
+    def wait_for(self, predicate, timeout: float = 15.0, interval: float = 0.3) -> Scrape:
+        """Scrape until ``predicate(scrape)`` holds; the last scrape is returned either way."""
+        deadline = time.monotonic() + timeout
+        while True:
+            s = self.scrape()
+            if predicate(s) or time.monotonic() > deadline:
+                return s
+            time.sleep(interval)
+
+    def send_signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.config_path:
+            os.unlink(self.config_path)
+            self.config_path = None
+        return self.proc.returncode
+
+    def __enter__(self) -> "AgentProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

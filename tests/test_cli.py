@@ -1,0 +1,95 @@
+"""The agent as a platform engineer runs it: start, signals, SIGKILL, bad config."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.support.agent import AgentProcess
+
+OUR_PROGRAMS = ("network_ingress", "network_egress")
+
+
+def _attached() -> list[str]:
+    """Lines of `bpftool link list` / `bpftool cgroup tree` naming our programs."""
+    out = subprocess.run(["bpftool", "link", "list"], capture_output=True, text=True, check=True).stdout
+    out += subprocess.run(["bpftool", "cgroup", "tree"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if any(p in line for p in OUR_PROGRAMS)]
+
+
+def _wait_detached(timeout: float = 5.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while (left := _attached()) and time.monotonic() < deadline:
+        time.sleep(0.1)  # link release after the last fd closes is deferred in the kernel
+    return left
+
+
+@pytest.mark.root
+def test_sigkill_leaves_nothing_attached():
+    agent = AgentProcess().start()
+    try:
+        assert _attached(), "agent running but no podsight programs attached"
+    finally:
+        agent.stop(signal.SIGKILL)
+    assert agent.proc.returncode == -signal.SIGKILL
+    assert _wait_detached() == []
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_detaches_and_exits_zero_within_2s(sig):
+    agent = AgentProcess().start()
+    assert agent.get("/readyz")[0] == 200
+    t0 = time.monotonic()
+    agent.send_signal(sig)
+    rc = agent.proc.wait(5)
+    assert rc == 0 and time.monotonic() - t0 < 2.0
+    assert _wait_detached(1.0) == []
+
+
+BAD_CONFIGS = [
+    ("listen: 0.0.0.0:9963\nprobez: {}\n", "line 2", "probez: unknown key"),
+    ("probes:\n  network:\n    enabled: maybe\n", "line 3", "probes.network.enabled: expected a boolean"),
+    ("listen: nowhere\n", "line 1", "listen: expected an address"),
+    ("kubernetes:\n  grace_period: soon\n", "line 2", "kubernetes.grace_period: expected a duration"),
+    ("labels: [a, b]\n", "line 1", "labels: expected a mapping"),
+    ("security:\n  egress:\n    allowed_cidrs: [10.0.0.0/8, 300.1.0.0/16]\n", "line 3", "allowed_cidrs[1]: expected a CIDR"),
+    ("listen: 0.0.0.0:9963\n  bad: indent\n", "line 2", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("text,line,message", BAD_CONFIGS)
+def test_bad_config_exits_before_attaching(tmp_path, text, line, message):
+    cfg = tmp_path / "podsight.yaml"
+    cfg.write_text(text)
+    # A libbpf that cannot load proves the agent never reached the kernel:
+    # it would fail with a different error if it tried.
+    env = {**os.environ, "PODSIGHT_LIBBPF": "/nonexistent/libbpf.so"}
+    r = subprocess.run(
+        [sys.executable, "-m", "podsight.cli", "run", "--config", str(cfg), "--listen", "127.0.0.1:0"]
+        if "listen" not in text else [sys.executable, "-m", "podsight.cli", "run", "--config", str(cfg)],
+        capture_output=True, text=True, env=env, timeout=30,
+    )
+    assert r.returncode == 2, r.stderr
+    assert f"{cfg}:{line.split()[1]}" in r.stderr and message in r.stderr, r.stderr
+    assert "attached" not in r.stderr
+
+
+def test_bad_listen_flag_names_the_flag():
+    env = {**os.environ, "PODSIGHT_LIBBPF": "/nonexistent/libbpf.so"}
+    r = subprocess.run([sys.executable, "-m", "podsight.cli", "run", "--listen", "1.2.3.4:99999"],
+                       capture_output=True, text=True, env=env, timeout=30)
+    assert r.returncode == 2 and "flag --listen" in r.stderr and "65535" in r.stderr, r.stderr
+
+
+@pytest.mark.root
+def test_check_reports_this_kernel():
+    r = subprocess.run([sys.executable, "-m", "podsight.cli", "check"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for needed in ("[ok ] kernel BTF", "[ok ] cgroup v2", "[ok ] program type cgroup_skb",
+                   "[ok ] tracepoint sock/inet_sock_set_state", "podsight can run on this kernel"):
+        assert needed in r.stdout, r.stdout
