@@ -60,4 +60,88 @@ struct tcp_config {
 	__u64 srtt_sample_interval_ns;
 };
 
+/* ---- security events (security.bpf.c) ---- */
+
+#define SEC_COMM_LEN 16
+#define SEC_PATH_LEN 256
+#define SEC_ARGS_LEN 512
+#define SEC_PREFIXES 16
+#define SEC_PREFIX_LEN 32
+
+enum sec_kind {
+	SEC_EXEC = 0,
+	SEC_OPEN = 1,
+	SEC_CHMOD = 2,
+	SEC_PTRACE = 3,
+	SEC_CONNECT = 4,
+	SEC_KINDS = 5,
+};
+
+enum sec_syscall {
+	SYSC_EXECVE = 0,	/* sched_process_exec: after a successful execve/execveat */
+	SYSC_OPENAT = 1,
+	SYSC_OPENAT2 = 2,
+	SYSC_CHMOD = 3,
+	SYSC_FCHMODAT = 4,
+	SYSC_FCHMODAT2 = 5,
+	SYSC_FCHMOD = 6,
+	SYSC_PTRACE = 7,
+	SYSC_CONNECT = 8,
+};
+
+/* Why an event did not reach user space: index of security_drops. */
+enum sec_drop {
+	SEC_DROP_RATE_LIMITED = 0,
+	SEC_DROP_RINGBUF_FULL = 1,
+	SEC_DROP_PENDING_FULL = 2,	/* no room to hold an entry until its exit */
+	SEC_DROP_REASONS = 3,
+};
+
+/* One record of the security ring buffer. */
+struct security_event {
+	__u64 ts_ns;		/* CLOCK_BOOTTIME */
+	__u64 cgroup_id;
+	__s64 ret;		/* syscall return value; 0 for exec */
+	__s64 ptrace_request;
+	__u32 kind;		/* enum sec_kind */
+	__u32 syscall;		/* enum sec_syscall */
+	__u32 pid;		/* tgid */
+	__u32 tid;
+	__u32 ppid;
+	__u32 uid;
+	__u32 gid;
+	__u32 flags;		/* open flags */
+	__u32 mode;		/* chmod mode, open creation mode */
+	__u32 target_pid;	/* ptrace */
+	__u16 family;		/* connect */
+	__u16 dst_port;		/* host byte order */
+	__u32 args_len;		/* bytes of args used: NUL-separated argv */
+	__u8 dst_addr[16];	/* IPv4 in the first 4 bytes */
+	char comm[SEC_COMM_LEN];
+	char parent_comm[SEC_COMM_LEN];
+	char path[SEC_PATH_LEN];
+	char args[SEC_ARGS_LEN];
+};
+
+/* Load-time knobs of security.bpf.c, from the rules (podsight.security.kernel_filter). */
+struct security_config {
+	__u64 rate_per_sec;	/* token bucket per cgroup */
+	__u64 burst;
+	__u32 include_host;	/* else only tasks below a kubepods cgroup */
+	__u32 open_all;		/* send every open (no rule lets us filter) */
+	__u32 open_write_only;	/* only opens with a write/create/truncate flag */
+	__u32 n_prefixes;	/* 0: no path-prefix filter */
+	__u32 chmod_mode_any;	/* 0: every chmod; else only modes with one of these bits */
+	__u32 pad;
+	__u32 prefix_len[SEC_PREFIXES];
+	char prefixes[SEC_PREFIXES][SEC_PREFIX_LEN];
+};
+
+/* Where pods live: cgroup id of a kubepods directory and its depth. */
+struct pod_root {
+	__u64 cgroup_id;
+	__u32 level;
+	__u32 pad;
+};
+
 #endif /* PODSIGHT_H */

@@ -21,7 +21,8 @@ from .identity.resolver import CgroupResolver
 from .kernel import mounts
 from .kernel.libbpf import BPF_STATS_RUN_TIME, LibbpfError, check_int, lib
 from .kernel.probes import NetworkProbe, Probe, ProgramStats, TcpProbe, program_stats
-from .reader.counters import PAIR_KEY, U64_KEY, read_counters
+from .kernel.layouts import SEC_DROPS, SEC_KINDS
+from .reader.counters import PAIR_KEY, U32_KEY, U64_KEY, read_counters
 from .reader.drop_reasons import drop_reasons
 from .reader.ledger import Ledger
 
@@ -80,6 +81,7 @@ class Snapshot:
     map_entries: dict[str, int] = field(default_factory=dict)
     probes: dict[str, bool] = field(default_factory=dict)
     programs: dict[str, ProgramStats] = field(default_factory=dict)
+    event_drops: dict[tuple[str, str], int] = field(default_factory=dict)  # (reason, event kind)
 
 
 class Agent:
@@ -106,6 +108,7 @@ class Agent:
         self._stop = threading.Event()
         self._gc_thread: threading.Thread | None = None
         self._stats_fd: int | None = None
+        self.after_scan: list = []  # callables run after each periodic rescan
         self.started = False
 
     # -- lifecycle ---------------------------------------------------------
@@ -134,6 +137,27 @@ class Agent:
         if self._stats_fd is not None:
             os.close(self._stats_fd)
             self._stats_fd = None
+
+    def pod_roots(self) -> list[tuple[int, int]]:
+        """(cgroup id, depth) of the kubelet's top directories (kubepods.slice / kubepods)."""
+        return self.resolver.pod_roots()
+
+    def identity_of(self, cgroup_id: int) -> dict[str, object]:
+        """Everything known about a cgroup, for security events (not limited by the label policy)."""
+        info = self.resolver.resolve_many([cgroup_id]).get(cgroup_id) if cgroup_id else None
+        ident = info.identity if info is not None else _UNKNOWN
+        out: dict[str, object] = {
+            "node": self.node, "namespace": "", "pod": "", "container": "", "image": "",
+            "workload": "", "workload_kind": "", "pod_uid": ident.pod_uid,
+            "container_id": ident.container_id, "host_cgroup": ident.host_group, "in_pod": ident.in_pod,
+        }
+        pod = self.pods.pod(ident.pod_uid) if self.pods is not None and ident.in_pod else None
+        if pod is not None:
+            c = pod.containers.get(ident.container_id)
+            out.update(namespace=pod.namespace, pod=pod.name, workload=pod.workload, workload_kind=pod.workload_kind)
+            if c is not None:
+                out.update(container=c.name, image=c.image)
+        return out
 
     def probe_status(self) -> dict[str, bool]:
         out: dict[str, bool] = {}
@@ -184,10 +208,17 @@ class Agent:
         with self._lock:
             now = time.monotonic()
             snap = Snapshot(self.labeler.names, probes=self.probe_status(), programs=self.program_stats())
+            sec = self.probes.get("security")
+            if sec is not None and sec.up and sec.obj is not None:
+                drops = read_counters(sec.obj.maps["security_drops"], 1, U32_KEY)
+                n = len(SEC_KINDS)
+                snap.event_drops = {
+                    (SEC_DROPS[k // n], SEC_KINDS[k % n]): v[0] for k, v in drops.items() if k < n * len(SEC_DROPS)
+                }
             raw = {s.map: self._read(s, snap) for s in self.sources}
             ids: set[int] = set()
             for s in self.sources:
-                ids.update(k[0] for k in raw[s.map]) if s.paired else ids.update(raw[s.map])
+                ids.update((k[0] for k in raw[s.map]) if s.paired else raw[s.map])
             infos = self.resolver.resolve_many(ids - {0})
             base = {cid: self._base_labels(cid, infos, now) for cid in ids}
             for s in self.sources:
@@ -221,6 +252,8 @@ class Agent:
             try:
                 self.resolver.scan()
                 self.collect_garbage()
+                for hook in self.after_scan:
+                    hook()
             except Exception:  # keep exporting whatever happens here
                 log.exception("garbage collection failed")
 

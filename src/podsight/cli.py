@@ -105,7 +105,9 @@ def _run(args) -> int:
         return 1
     host, _ = parse_listen(cfg.listen)
     shown = f"[{host}]" if ":" in host else host
-    print(f"podsight {__version__}: serving http://{shown}:{runtime.port}/metrics (node {runtime.agent.node})", flush=True)
+    # stderr: stdout carries only security events (JSON lines) for log pipelines.
+    print(f"podsight {__version__}: serving http://{shown}:{runtime.port}/metrics (node {runtime.agent.node})",
+          file=sys.stderr, flush=True)
     stop.wait()
     runtime.stop()
     return 0

@@ -103,6 +103,8 @@ class RateLimit:
 @dataclass
 class Egress:
     allowed_cidrs: list[str] = field(default_factory=list)
+    # Where pods reach the Kubernetes API; empty: $KUBERNETES_SERVICE_HOST.
+    kubernetes_api_cidrs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -114,8 +116,11 @@ class SecurityOutput:
 @dataclass
 class Security:
     enabled: bool = False
-    rules_files: list[str] = field(default_factory=list)
+    # "builtin:default" names the rules shipped with podsight.
+    rules_files: list[str] = field(default_factory=lambda: ["builtin:default"])
     include_host: bool = False
+    # The host's /proc (for exe and cwd of a process); /host/proc in a pod without hostPID.
+    proc_root: str = "/proc"
     ringbuf_size_kb: int = 256
     rate_limit: RateLimit = field(default_factory=RateLimit)
     egress: Egress = field(default_factory=Egress)
@@ -269,11 +274,12 @@ def _check(cfg: Config, where: dict[str, str]) -> None:
     size = cfg.security.ringbuf_size_kb
     if size < 4 or size & (size - 1):
         fail("security.ringbuf_size_kb", f"expected a power of two >= 4, got {size}")
-    for i, cidr in enumerate(cfg.security.egress.allowed_cidrs):
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            fail(f"security.egress.allowed_cidrs[{i}]", f"expected a CIDR, got {cidr!r}")
+    for key in ("allowed_cidrs", "kubernetes_api_cidrs"):
+        for i, cidr in enumerate(getattr(cfg.security.egress, key)):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                fail(f"security.egress.{key}[{i}]", f"expected a CIDR, got {cidr!r}")
     for i, name in enumerate(cfg.labels.pod_labels):
         if not name or len(name) > 317:
             fail(f"labels.pod_labels[{i}]", f"expected a Kubernetes label key, got {name!r}")

@@ -39,18 +39,27 @@ class Runtime:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.pods = None
+        self.sink = None
+        self.events = None
+        self.security_probe = None
         try:
             self.agent = Agent(cfg)
         except MountError as e:
             raise StartupError(str(e)) from None
+        if cfg.security.enabled:
+            self._load_security()
         if _kubernetes_wanted(cfg):
+            from .identity.kubeconfig import KubeConfigError
             from .identity.pods import PodWatcher
 
-            self.pods = PodWatcher(
-                self.agent.node,
-                cfg.kubernetes.kubeconfig or None,
-                on_change=self.agent.labeler.invalidate,
-            )
+            try:
+                self.pods = PodWatcher(
+                    self.agent.node,
+                    cfg.kubernetes.kubeconfig or None,
+                    on_change=self.agent.labeler.invalidate,
+                )
+            except KubeConfigError as e:
+                raise StartupError(f"kubernetes: {e}") from None
             self.agent.pods = self.pods
             self.agent.labeler.pods = self.pods
         self.registry = CollectorRegistry(auto_describe=False)
@@ -63,8 +72,37 @@ class Runtime:
             raise StartupError(f"cannot listen on {cfg.listen}: {e.strerror}") from None
         self.port = self.server.port
 
+    def _load_security(self) -> None:
+        """Rules are read and compiled before anything is attached: a bad file stops us here."""
+        from .kernel.probes import SecurityProbe
+        from .security.kernel_filter import kernel_filter
+        from .security.rules import RuleError, config_lists, load_rules
+
+        try:
+            self.rules = load_rules(self.cfg.security.rules_files, config_lists(self.cfg))
+        except RuleError as e:
+            raise StartupError(f"security rules: {e}") from None
+        self.security_probe = SecurityProbe(kernel_filter(self.rules))
+        self.agent.probes["security"] = self.security_probe
+
+    def _start_security(self) -> None:
+        from .exporters.events import EventSink, ProcessInfo
+        from .reader.events import EventReader
+
+        probe = self.security_probe
+        if probe is None or not probe.up:
+            return
+        out = self.cfg.security.output
+        self.sink = EventSink(self.rules, self.agent.identity_of, ProcessInfo(self.cfg.security.proc_root),
+                              stdout=out.stdout, file=out.file)
+        probe.set_pod_roots(self.agent.pod_roots())
+        self.agent.after_scan.append(lambda: probe.set_pod_roots(self.agent.pod_roots()))
+        self.events = EventReader(probe.obj.maps["security_events"].fd, self.sink.handle)
+        self.events.start()
+
     def start(self) -> None:
         self.agent.start()
+        self._start_security()
         if self.pods is not None:
             self.pods.start()
         self.server.start()
@@ -73,7 +111,11 @@ class Runtime:
         self.server.stop()
         if self.pods is not None:
             self.pods.stop()
+        if self.events is not None:
+            self.events.stop()
         self.agent.stop()
+        if self.sink is not None:
+            self.sink.close()
 
     def readiness(self) -> tuple[bool, str]:
         if not self.agent.started:
@@ -82,7 +124,7 @@ class Runtime:
         notes = []
         if down:
             notes.append(f"probes unavailable: {', '.join(down)}")
-        if self.pods is not None and not self.pods.api_up:
+        if self.pods is not None and not (self.pods.api_up and self.pods.synced):
             notes.append("kubernetes API unreachable, exporting with cgroup-derived labels")
         return True, ("degraded: " + "; ".join(notes)) if notes else "ready"
 

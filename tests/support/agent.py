@@ -1,6 +1,7 @@
 """Run the real agent (``podsight run``) as a child process and scrape it."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -50,24 +51,30 @@ class AgentProcess:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.url = ""
-        self.log: list[str] = []
+        self.log: list[str] = []  # stderr: logs and the banner
+        self.stdout: list[str] = []  # stdout: security events, one JSON object per line
 
     def start(self, timeout: float = 20.0) -> "AgentProcess":
         cmd = [sys.executable, "-m", "podsight.cli", "run", "--listen", "127.0.0.1:0", *self.args]
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env, cwd=REPO
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env, cwd=REPO
         )
         ready = threading.Event()
 
-        def pump() -> None:
-            for line in self.proc.stdout:
+        def pump_log() -> None:
+            for line in self.proc.stderr:
                 self.log.append(line.rstrip())
                 m = re.search(r"serving (http://\S+)/metrics", line)
                 if m:
                     self.url = m.group(1)
                     ready.set()
 
-        threading.Thread(target=pump, daemon=True).start()
+        def pump_out() -> None:
+            for line in self.proc.stdout:
+                self.stdout.append(line.rstrip())
+
+        threading.Thread(target=pump_log, daemon=True).start()
+        threading.Thread(target=pump_out, daemon=True).start()
         deadline = time.monotonic() + timeout
         while not ready.is_set():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -96,6 +103,18 @@ class AgentProcess:
             if predicate(s) or time.monotonic() > deadline:
                 return s
             time.sleep(interval)
+
+    def events(self) -> list[dict]:
+        """Security events printed so far (every stdout line must be JSON)."""
+        return [json.loads(line) for line in list(self.stdout) if line.strip()]
+
+    def wait_events(self, predicate, timeout: float = 10.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.events() if predicate(e)]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
 
     def send_signal(self, sig: int) -> None:
         assert self.proc is not None

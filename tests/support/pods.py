@@ -188,10 +188,18 @@ class Node:
             p.close()
         self.pods.clear()
         sh("ip", "netns", "del", NODE_NS, check=False)
+        # The kubelet's shared parents go too, once no other pod uses them.
         root = Path(self.cgroup_root)
         for top in ("kubepods.slice", "kubepods"):
             base = root / top
             if base.exists():
                 for d in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                    _rmdir(d)
-                _rmdir(base)
+                    _try_rmdir(d)
+                _try_rmdir(base)
+
+
+def _try_rmdir(d: Path) -> None:
+    try:
+        d.rmdir()
+    except OSError:
+        pass  # still in use (by another pod): not ours to remove

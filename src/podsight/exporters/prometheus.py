@@ -74,6 +74,24 @@ class PodsightCollector(Collector):
             yield runs
             yield secs
 
+        sink = getattr(self.runtime, "sink", None)
+        if sink is not None:
+            sec = CounterMetricFamily(
+                "podsight_security_events", "Security rule matches, by rule, severity and namespace.",
+                labels=["rule", "severity", "namespace", "node"],
+            )
+            for (rule, severity, namespace), n in sorted(sink.counts().items()):
+                sec.add_metric([rule, severity, namespace, node], n)
+            yield sec
+        if snap.event_drops:
+            dropped = CounterMetricFamily(
+                "podsight_events_dropped", "Security events not delivered, by reason and event kind (every drop is counted).",
+                labels=["reason", "event", "node"],
+            )
+            for (reason, kind), n in sorted(snap.event_drops.items()):
+                dropped.add_metric([reason, kind, node], n)
+            yield dropped
+
         net = snap.series.get("network_traffic", {})
         yield from _directional(
             net, names,

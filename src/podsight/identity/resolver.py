@@ -110,5 +110,18 @@ class CgroupResolver:
             self._gone.pop(cgroup_id, None)
             self._misses.pop(cgroup_id, None)
 
+    def pod_roots(self) -> list[tuple[int, int]]:
+        """(id, depth) of kubelet top-level directories: kubepods.slice or kubepods."""
+        with self._lock:
+            infos = list(self._by_id.values())
+        out = []
+        for info in infos:
+            parts = [p for p in info.path.split("/") if p]
+            if parts and parts[-1] in ("kubepods.slice", "kubepods") and not any(
+                p.startswith("kubepods") for p in parts[:-1]
+            ):
+                out.append((info.cgroup_id, len(parts)))
+        return sorted(out)
+
     def __len__(self) -> int:
         return len(self._by_id)

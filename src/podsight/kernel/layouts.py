@@ -7,7 +7,7 @@ the tests instead of silently misreading maps.
 from __future__ import annotations
 
 import ctypes
-from ctypes import c_uint32, c_uint64
+from ctypes import c_char, c_int64, c_uint8, c_uint16, c_uint32, c_uint64
 
 __all__ = [
     "HIST_SLOTS",
@@ -19,6 +19,14 @@ __all__ = [
     "Hist",
     "DropKey",
     "TcpConfig",
+    "SecurityEvent",
+    "SecurityConfig",
+    "PodRoot",
+    "SEC_KINDS",
+    "SEC_SYSCALLS",
+    "SEC_DROPS",
+    "SEC_PREFIXES",
+    "SEC_PREFIX_LEN",
     "MIRRORED",
 ]
 
@@ -65,6 +73,63 @@ class TcpConfig(ctypes.Structure):
     _fields_ = [("srtt_sample_interval_ns", c_uint64)]
 
 
+SEC_COMM_LEN = 16
+SEC_PATH_LEN = 256
+SEC_ARGS_LEN = 512
+SEC_PREFIXES = 16
+SEC_PREFIX_LEN = 32
+# enum sec_kind / sec_syscall / sec_drop, by value.
+SEC_KINDS = ("exec", "open", "chmod", "ptrace", "connect")
+SEC_SYSCALLS = ("execve", "openat", "openat2", "chmod", "fchmodat", "fchmodat2", "fchmod", "ptrace", "connect")
+SEC_DROPS = ("rate_limited", "ringbuf_full", "pending_full")
+
+
+class SecurityEvent(ctypes.Structure):
+    _fields_ = [
+        ("ts_ns", c_uint64),
+        ("cgroup_id", c_uint64),
+        ("ret", c_int64),
+        ("ptrace_request", c_int64),
+        ("kind", c_uint32),
+        ("syscall", c_uint32),
+        ("pid", c_uint32),
+        ("tid", c_uint32),
+        ("ppid", c_uint32),
+        ("uid", c_uint32),
+        ("gid", c_uint32),
+        ("flags", c_uint32),
+        ("mode", c_uint32),
+        ("target_pid", c_uint32),
+        ("family", c_uint16),
+        ("dst_port", c_uint16),
+        ("args_len", c_uint32),
+        ("dst_addr", c_uint8 * 16),
+        ("comm", c_char * SEC_COMM_LEN),
+        ("parent_comm", c_char * SEC_COMM_LEN),
+        ("path", c_char * SEC_PATH_LEN),
+        ("args", c_char * SEC_ARGS_LEN),
+    ]
+
+
+class SecurityConfig(ctypes.Structure):
+    _fields_ = [
+        ("rate_per_sec", c_uint64),
+        ("burst", c_uint64),
+        ("include_host", c_uint32),
+        ("open_all", c_uint32),
+        ("open_write_only", c_uint32),
+        ("n_prefixes", c_uint32),
+        ("chmod_mode_any", c_uint32),
+        ("pad", c_uint32),
+        ("prefix_len", c_uint32 * SEC_PREFIXES),
+        ("prefixes", (c_char * SEC_PREFIX_LEN) * SEC_PREFIXES),
+    ]
+
+
+class PodRoot(ctypes.Structure):
+    _fields_ = [("cgroup_id", c_uint64), ("level", c_uint32), ("pad", c_uint32)]
+
+
 # C struct name → mirror, for the layout test.
 MIRRORED = {
     "net_counters": NetCounters,
@@ -73,4 +138,7 @@ MIRRORED = {
     "hist": Hist,
     "drop_key": DropKey,
     "tcp_config": TcpConfig,
+    "security_event": SecurityEvent,
+    "security_config": SecurityConfig,
+    "pod_root": PodRoot,
 }

@@ -138,6 +138,10 @@ class Map:
             return None
         return self._split(val.raw)
 
+    def update(self, key: bytes, value: bytes) -> None:
+        """Write one entry (only for small control maps the agent owns, e.g. pod_roots)."""
+        check_int("bpf_map_update_elem", lib.bpf_map_update_elem(self.fd, key, value, 0), self.name)
+
     def __len__(self) -> int:
         return sum(1 for _ in self.keys())
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 from ..config import Config
 from . import mounts
-from .layouts import TcpConfig
+from .layouts import SEC_PREFIX_LEN, SEC_PREFIXES, PodRoot, SecurityConfig, TcpConfig
 from .loader import BpfObject
 
-__all__ = ["Probe", "NetworkProbe", "TcpProbe", "ProgramStats", "program_stats"]
+__all__ = ["Probe", "NetworkProbe", "TcpProbe", "SecurityProbe", "ProgramStats", "program_stats", "security_config"]
 
 log = logging.getLogger("podsight.probes")
 
@@ -145,3 +145,99 @@ def program_stats(prog_fd: int) -> ProgramStats | None:
         return None
     return ProgramStats(int(vals.get("run_cnt", 0)), int(vals.get("run_time_ns", 0)))
 
+
+
+class SecurityProbe(Probe):
+    """Syscall tracepoints for security events; kinds no rule needs stay unattached."""
+
+    # program → (kind, tracepoint)
+    PROGRAMS = {
+        "sec_exec": ("exec", "sched/sched_process_exec"),
+        "sec_openat": ("open", "syscalls/sys_enter_openat"),
+        "sec_openat_exit": ("open", "syscalls/sys_exit_openat"),
+        "sec_openat2": ("open", "syscalls/sys_enter_openat2"),
+        "sec_openat2_exit": ("open", "syscalls/sys_exit_openat2"),
+        "sec_chmod": ("chmod", "syscalls/sys_enter_chmod"),
+        "sec_chmod_exit": ("chmod", "syscalls/sys_exit_chmod"),
+        "sec_fchmodat": ("chmod", "syscalls/sys_enter_fchmodat"),
+        "sec_fchmodat_exit": ("chmod", "syscalls/sys_exit_fchmodat"),
+        "sec_fchmodat2": ("chmod", "syscalls/sys_enter_fchmodat2"),
+        "sec_fchmodat2_exit": ("chmod", "syscalls/sys_exit_fchmodat2"),
+        "sec_fchmod": ("chmod", "syscalls/sys_enter_fchmod"),
+        "sec_fchmod_exit": ("chmod", "syscalls/sys_exit_fchmod"),
+        "sec_ptrace": ("ptrace", "syscalls/sys_enter_ptrace"),
+        "sec_ptrace_exit": ("ptrace", "syscalls/sys_exit_ptrace"),
+        "sec_connect": ("connect", "syscalls/sys_enter_connect"),
+        "sec_connect_exit": ("connect", "syscalls/sys_exit_connect"),
+    }
+
+    def __init__(self, kfilter: dict) -> None:
+        super().__init__("security", "security")
+        self.kfilter = kfilter
+        self.kinds = set(kfilter.get("kinds", []))
+
+    def configure(self, obj: BpfObject, cfg: Config) -> None:
+        obj.set_config(security_config(self.kfilter, cfg))
+        obj.set_max_entries("security_events", cfg.security.ringbuf_size_kb * 1024)
+        events = os.path.join(mounts.tracefs_root(), "events")
+        self._attach = []
+        for prog, (kind, tp) in self.PROGRAMS.items():
+            if kind in self.kinds and os.path.isdir(os.path.join(events, tp)):
+                self._attach.append(prog)
+            else:
+                obj.set_autoload(prog, False)
+
+    def attach(self, obj: BpfObject, cfg: Config, cgroup_root: str) -> None:
+        for prog in self._attach:
+            obj.attach(prog)
+
+    def set_pod_roots(self, roots: list[tuple[int, int]]) -> None:
+        """(cgroup id, depth) of each kubepods directory: the in-kernel "in a pod?" test."""
+        if self.obj is None:
+            return
+        m = self.obj.maps["pod_roots"]
+        for i in range(m.max_entries):
+            cid, level = roots[i] if i < len(roots) else (0, 0)
+            m.update(i.to_bytes(4, "little"), bytes(PodRoot(cid, level)))
+
+
+def security_config(kf: dict, cfg: Config) -> SecurityConfig:
+    """The kernel filter derived from the rules, as security.bpf.c's config struct."""
+    sc = SecurityConfig()
+    sc.rate_per_sec = cfg.security.rate_limit.events_per_second
+    sc.burst = cfg.security.rate_limit.burst
+    sc.include_host = int(cfg.security.include_host or not kf.get("pods_only", True))
+    opens = kf.get("open", {})
+    prefixes = opens.get("path_prefixes")
+    if prefixes:
+        fitted = fit_prefixes(prefixes, SEC_PREFIXES, SEC_PREFIX_LEN - 1)
+        sc.n_prefixes = len(fitted)
+        for i, raw in enumerate(fitted):
+            sc.prefix_len[i] = len(raw)
+            sc.prefixes[i].value = raw
+    sc.open_write_only = int(bool(opens.get("write_only")))
+    sc.open_all = int(not sc.n_prefixes and not sc.open_write_only)
+    mode = kf.get("chmod", {}).get("mode_bits_any")
+    sc.chmod_mode_any = mode or 0
+    return sc
+
+
+def fit_prefixes(prefixes: list[str], slots: int, width: int) -> list[bytes]:
+    """Path prefixes that fit the kernel's table and pass at least what ``prefixes`` pass.
+
+    Truncating a prefix, or replacing two by their common directory, only
+    widens the filter, so no rule can lose a match.  Pairs sharing the longest
+    directory are merged first, to widen as little as possible.
+    """
+    out = sorted({p.encode()[:width] for p in prefixes})
+    while len(out) > slots:
+        best, at = b"", 0
+        for i in range(len(out) - 1):
+            common = os.path.commonprefix([out[i], out[i + 1]])
+            common = common[: common.rfind(b"/") + 1]
+            if len(common) >= len(best):
+                best, at = common, i
+        out[at : at + 2] = [best or b"/"]
+        out = sorted(set(out))
+    # A prefix covered by a shorter one is redundant.
+    return [p for p in out if not any(q != p and p.startswith(q) for q in out)]

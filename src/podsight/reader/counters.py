@@ -5,9 +5,10 @@ import struct
 
 from ..kernel.loader import Map
 
-__all__ = ["read_counters", "U64_KEY", "PAIR_KEY"]
+__all__ = ["read_counters", "U32_KEY", "U64_KEY", "PAIR_KEY"]
 
 U64_KEY = struct.Struct("<Q")  # cgroup id
+U32_KEY = struct.Struct("<I")  # array index
 PAIR_KEY = struct.Struct("<QI4x")  # (cgroup id, kind/reason): hist_key, drop_key
 
 

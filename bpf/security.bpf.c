@@ -1,0 +1,431 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Opt-in security events: exec, open, chmod, ptrace, connect, from syscall
+ * tracepoints (and sched_process_exec for successful execs).
+ *
+ * Cheap filters run at syscall entry (inside a pod? a write? a watched path?
+ * a setuid bit?), the entry is held per thread until the syscall's exit adds
+ * its return code, then a per-cgroup token bucket decides whether it may use
+ * the ring buffer.  Every event not sent is counted by reason.
+ *
+ * Arguments are read at entry: a racing thread can change user memory after
+ * we read it (TOCTOU); docs/security.md spells out what that means.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include "podsight.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define O_WRONLY 01
+#define O_RDWR 02
+#define O_CREAT 0100
+#define O_TRUNC 01000
+#define MAX_ARGS 20
+#define TOKEN 1000000000ULL	/* one event, in token-nanoseconds */
+
+const volatile struct security_config cfg SEC(".rodata.config") = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);	/* resized from security.ringbuf_size_kb */
+} security_events SEC(".maps");
+
+/* podsight_events_dropped_total{reason,event}: index reason * SEC_KINDS + kind. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SEC_DROP_REASONS * SEC_KINDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} security_drops SEC(".maps");
+
+/* Filled by the agent: the kubepods cgroups (usually one). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4);
+	__type(key, __u32);
+	__type(value, struct pod_root);
+} pod_roots SEC(".maps");
+
+/* An entry waiting for its syscall's exit, per thread. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, struct security_event);
+} pending SEC(".maps");
+
+/* Scratch space: an event is too big for the 512-byte BPF stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct security_event);
+} scratch SEC(".maps");
+
+struct rate_bucket {
+	__u64 tokens;		/* token-nanoseconds: TOKEN per event */
+	__u64 last_ns;
+};
+
+/* Token bucket per cgroup.  No spin locks in tracing programs, so updates are
+ * atomic adds and one compare-and-swap: under a burst from one cgroup on
+ * several CPUs at once it may grant a few events more or less than exact. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct rate_bucket);
+} rate_buckets SEC(".maps");
+
+static __always_inline void count_drop(__u32 reason, __u32 kind)
+{
+	__u32 idx = reason * SEC_KINDS + kind;
+	__u64 *n = bpf_map_lookup_elem(&security_drops, &idx);
+
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+static __always_inline bool in_pod(void)
+{
+	if (cfg.include_host)
+		return true;
+#pragma unroll
+	for (__u32 i = 0; i < 4; i++) {
+		__u32 k = i;
+		struct pod_root *r = bpf_map_lookup_elem(&pod_roots, &k);
+
+		if (r && r->cgroup_id && bpf_get_current_ancestor_cgroup_id(r->level) == r->cgroup_id)
+			return true;
+	}
+	return false;
+}
+
+static __always_inline bool rate_allows(__u64 cgid)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u64 cap = cfg.burst * TOKEN;
+	struct rate_bucket *b = bpf_map_lookup_elem(&rate_buckets, &cgid);
+
+	if (!b) {
+		struct rate_bucket fresh = { .tokens = cap - TOKEN, .last_ns = now };
+
+		bpf_map_update_elem(&rate_buckets, &cgid, &fresh, BPF_NOEXIST);
+		return true;
+	}
+	__u64 last = b->last_ns;
+
+	if (now > last && __sync_val_compare_and_swap(&b->last_ns, last, now) == last) {
+		/* Only the CPU that moved last_ns refills, so no refill counts twice. */
+		__u64 add = (now - last) * cfg.rate_per_sec;
+		__u64 t = b->tokens + add;
+
+		b->tokens = t > cap ? cap : t;
+	}
+	if (b->tokens < TOKEN)
+		return false;
+	__sync_fetch_and_sub(&b->tokens, TOKEN);
+	return true;
+}
+
+static __always_inline struct security_event *begin(__u32 kind, __u32 syscall)
+{
+	__u32 zero = 0;
+	struct security_event *ev = bpf_map_lookup_elem(&scratch, &zero);
+
+	if (!ev)
+		return NULL;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+
+	ev->ts_ns = bpf_ktime_get_boot_ns();
+	ev->cgroup_id = bpf_get_current_cgroup_id();
+	ev->ret = 0;
+	ev->ptrace_request = 0;
+	ev->kind = kind;
+	ev->syscall = syscall;
+	ev->pid = pid_tgid >> 32;
+	ev->tid = (__u32)pid_tgid;
+	ev->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	ev->uid = (__u32)uid_gid;
+	ev->gid = uid_gid >> 32;
+	ev->flags = 0;
+	ev->mode = 0;
+	ev->target_pid = 0;
+	ev->family = 0;
+	ev->dst_port = 0;
+	ev->args_len = 0;
+	__builtin_memset(ev->dst_addr, 0, sizeof(ev->dst_addr));
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	BPF_CORE_READ_STR_INTO(&ev->parent_comm, task, real_parent, comm);
+	ev->path[0] = 0;
+	ev->args[0] = 0;
+	return ev;
+}
+
+/* Send now (exec: no exit to wait for). */
+static __always_inline void emit(struct security_event *ev)
+{
+	if (!rate_allows(ev->cgroup_id)) {
+		count_drop(SEC_DROP_RATE_LIMITED, ev->kind);
+		return;
+	}
+	if (bpf_ringbuf_output(&security_events, ev, sizeof(*ev), 0))
+		count_drop(SEC_DROP_RINGBUF_FULL, ev->kind);
+}
+
+/* Hold until the syscall's exit tracepoint adds the return code. */
+static __always_inline void hold(struct security_event *ev)
+{
+	if (bpf_map_update_elem(&pending, &ev->tid, ev, BPF_ANY))
+		count_drop(SEC_DROP_PENDING_FULL, ev->kind);
+}
+
+static __always_inline int finish(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct security_event *ev = bpf_map_lookup_elem(&pending, &tid);
+
+	if (!ev)
+		return 0;
+	ev->ret = ctx->ret;
+	emit(ev);
+	bpf_map_delete_elem(&pending, &tid);
+	return 0;
+}
+
+/* A path the prefix filter may not judge: relative, or with // or /. parts
+ * (user space normalizes it before matching). */
+static __always_inline bool unnormalized(const char *p)
+{
+	if (p[0] != '/')
+		return true;
+#pragma unroll
+	for (int i = 0; i < SEC_PREFIX_LEN; i++) {
+		if (p[i] == 0)
+			return false;
+		if (p[i] == '/' && (p[i + 1] == '/' || p[i + 1] == '.'))
+			return true;
+	}
+	return false;
+}
+
+static __always_inline bool prefix_match(const char *p)
+{
+	if (!cfg.n_prefixes || unnormalized(p))
+		return true;
+#pragma unroll
+	for (int k = 0; k < SEC_PREFIXES; k++) {
+		if (k >= cfg.n_prefixes)
+			break;
+		__u32 len = cfg.prefix_len[k];
+		bool same = true;
+
+#pragma unroll
+		for (int i = 0; i < SEC_PREFIX_LEN; i++) {
+			if (i >= len)
+				break;
+			if (p[i] != cfg.prefixes[k][i]) {
+				same = false;
+				break;
+			}
+		}
+		if (same)
+			return true;
+	}
+	return false;
+}
+
+/* ---- exec ---- */
+
+SEC("tracepoint/sched/sched_process_exec")
+int sec_exec(struct trace_event_raw_sched_process_exec *ctx)
+{
+	if (!in_pod())
+		return 0;
+	struct security_event *ev = begin(SEC_EXEC, SYSC_EXECVE);
+
+	if (!ev)
+		return 0;
+	unsigned int off = ctx->__data_loc_filename & 0xFFFF;
+
+	bpf_probe_read_kernel_str(ev->path, sizeof(ev->path), (void *)ctx + off);
+
+	/* argv from the new image's memory: NUL-separated, bounded. */
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 start = BPF_CORE_READ(task, mm, arg_start);
+	__u64 end = BPF_CORE_READ(task, mm, arg_end);
+	__u64 len = end - start;
+
+	if (end > start) {
+		barrier_var(len);
+		if (len > SEC_ARGS_LEN)
+			len = SEC_ARGS_LEN;
+		if (bpf_probe_read_user(ev->args, len, (void *)start) == 0)
+			ev->args_len = end - start;	/* > SEC_ARGS_LEN means truncated */
+	}
+	emit(ev);
+	return 0;
+}
+
+/* ---- open ---- */
+
+static __always_inline int open_enter(__u32 syscall, const char *path, __u64 flags, __u32 mode)
+{
+	if (!in_pod())
+		return 0;
+	bool write = flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC);
+
+	if (!cfg.open_all && cfg.open_write_only && !write)
+		return 0;
+	struct security_event *ev = begin(SEC_OPEN, syscall);
+
+	if (!ev)
+		return 0;
+	bpf_probe_read_user_str(ev->path, sizeof(ev->path), path);
+	if (!cfg.open_all && !prefix_match(ev->path))
+		return 0;
+	ev->flags = flags;
+	ev->mode = mode;
+	hold(ev);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_openat")
+int sec_openat(struct trace_event_raw_sys_enter *ctx)
+{
+	return open_enter(SYSC_OPENAT, (const char *)ctx->args[1], ctx->args[2], ctx->args[3]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_openat2")
+int sec_openat2(struct trace_event_raw_sys_enter *ctx)
+{
+	struct open_how how = {};
+
+	bpf_probe_read_user(&how, sizeof(how), (void *)ctx->args[2]);
+	return open_enter(SYSC_OPENAT2, (const char *)ctx->args[1], how.flags, how.mode);
+}
+
+SEC("tracepoint/syscalls/sys_exit_openat")
+int sec_openat_exit(struct trace_event_raw_sys_exit *ctx) { return finish(ctx); }
+
+SEC("tracepoint/syscalls/sys_exit_openat2")
+int sec_openat2_exit(struct trace_event_raw_sys_exit *ctx) { return finish(ctx); }
+
+/* ---- chmod ---- */
+
+static __always_inline int chmod_enter(__u32 syscall, const char *path, __u32 mode)
+{
+	if (!in_pod())
+		return 0;
+	if (cfg.chmod_mode_any && !(mode & cfg.chmod_mode_any))
+		return 0;
+	struct security_event *ev = begin(SEC_CHMOD, syscall);
+
+	if (!ev)
+		return 0;
+	if (path)
+		bpf_probe_read_user_str(ev->path, sizeof(ev->path), path);
+	ev->mode = mode;
+	hold(ev);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_chmod")
+int sec_chmod(struct trace_event_raw_sys_enter *ctx)
+{
+	return chmod_enter(SYSC_CHMOD, (const char *)ctx->args[0], ctx->args[1]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_fchmodat")
+int sec_fchmodat(struct trace_event_raw_sys_enter *ctx)
+{
+	return chmod_enter(SYSC_FCHMODAT, (const char *)ctx->args[1], ctx->args[2]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_fchmodat2")
+int sec_fchmodat2(struct trace_event_raw_sys_enter *ctx)
+{
+	return chmod_enter(SYSC_FCHMODAT2, (const char *)ctx->args[1], ctx->args[2]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_fchmod")
+int sec_fchmod(struct trace_event_raw_sys_enter *ctx)
+{
+	return chmod_enter(SYSC_FCHMOD, NULL, ctx->args[1]);
+}
+
+SEC("tracepoint/syscalls/sys_exit_chmod")
+int sec_chmod_exit(struct trace_event_raw_sys_exit *ctx) { return finish(ctx); }
+
+SEC("tracepoint/syscalls/sys_exit_fchmodat")
+int sec_fchmodat_exit(struct trace_event_raw_sys_exit *ctx) { return finish(ctx); }
+
+SEC("tracepoint/syscalls/sys_exit_fchmodat2")
+int sec_fchmodat2_exit(struct trace_event_raw_sys_exit *ctx) { return finish(ctx); }
+
+SEC("tracepoint/syscalls/sys_exit_fchmod")
+int sec_fchmod_exit(struct trace_event_raw_sys_exit *ctx) { return finish(ctx); }
+
+/* ---- ptrace ---- */
+
+SEC("tracepoint/syscalls/sys_enter_ptrace")
+int sec_ptrace(struct trace_event_raw_sys_enter *ctx)
+{
+	if (!in_pod())
+		return 0;
+	struct security_event *ev = begin(SEC_PTRACE, SYSC_PTRACE);
+
+	if (!ev)
+		return 0;
+	ev->ptrace_request = ctx->args[0];
+	ev->target_pid = ctx->args[1];
+	hold(ev);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_ptrace")
+int sec_ptrace_exit(struct trace_event_raw_sys_exit *ctx) { return finish(ctx); }
+
+/* ---- connect ---- */
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int sec_connect(struct trace_event_raw_sys_enter *ctx)
+{
+	if (!in_pod())
+		return 0;
+	const void *uaddr = (const void *)ctx->args[1];
+	__u16 family = 0;
+
+	bpf_probe_read_user(&family, sizeof(family), uaddr);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	struct security_event *ev = begin(SEC_CONNECT, SYSC_CONNECT);
+
+	if (!ev)
+		return 0;
+	ev->family = family;
+	if (family == AF_INET) {
+		struct sockaddr_in sin = {};
+
+		bpf_probe_read_user(&sin, sizeof(sin), uaddr);
+		ev->dst_port = __builtin_bswap16(sin.sin_port);
+		__builtin_memcpy(ev->dst_addr, &sin.sin_addr, 4);
+	} else {
+		struct sockaddr_in6 sin6 = {};
+
+		bpf_probe_read_user(&sin6, sizeof(sin6), uaddr);
+		ev->dst_port = __builtin_bswap16(sin6.sin6_port);
+		__builtin_memcpy(ev->dst_addr, &sin6.sin6_addr, 16);
+	}
+	hold(ev);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int sec_connect_exit(struct trace_event_raw_sys_exit *ctx) { return finish(ctx); }

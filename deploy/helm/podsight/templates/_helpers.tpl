@@ -1,0 +1,127 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "podsight.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: <release>-<chart>, or just <release> when it already contains the chart name. */}}
+{{- define "podsight.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "podsight.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride }}
+{{- end }}
+
+{{- define "podsight.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: stable for the life of a release (DaemonSet selectors are immutable). */}}
+{{- define "podsight.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "podsight.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels for the pod template: no helm.sh/chart, so a chart-only bump does not roll every node. */}}
+{{- define "podsight.podLabels" -}}
+{{ include "podsight.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: agent
+app.kubernetes.io/part-of: podsight
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels for every other object. */}}
+{{- define "podsight.labels" -}}
+helm.sh/chart: {{ include "podsight.chart" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{ include "podsight.podLabels" . }}
+{{- end }}
+
+{{- define "podsight.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "podsight.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "podsight.image" -}}
+{{- $repo := .Values.image.repository }}
+{{- if .Values.image.registry }}
+{{- $repo = printf "%s/%s" .Values.image.registry .Values.image.repository }}
+{{- end }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" $repo .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Directory the rule files are mounted at; config.security.rules_files points here. */}}
+{{- define "podsight.rulesDir" -}}/etc/podsight/rules{{- end }}
+
+{{- define "podsight.securityEnabled" -}}
+{{- $sec := .Values.config.security | default dict }}
+{{- if $sec.enabled }}true{{- end }}
+{{- end }}
+
+{{- define "podsight.mountProc" -}}
+{{- $p := .Values.hostMounts.proc }}
+{{- if or (eq (toString $p) "true") (and (eq (toString $p) "auto") (include "podsight.securityEnabled" .)) }}true{{- end }}
+{{- end }}
+
+{{/*
+The agent's config file: the user's `config` map plus what the chart owns
+(listen address from the Service port; the mounted rule files). node_name is
+passed as --node-name from the downward API instead.
+*/}}
+{{- define "podsight.config" -}}
+{{- $cfg := deepCopy (.Values.config | default dict) }}
+{{- if hasKey $cfg "listen" }}
+{{- fail "config.listen is set by the chart from listenHost and service.port; set those instead" }}
+{{- end }}
+{{- if hasKey $cfg "node_name" }}
+{{- fail "config.node_name comes from the downward API (spec.nodeName); remove it from config" }}
+{{- end }}
+{{- $_ := set $cfg "listen" (printf "%s:%d" .Values.listenHost (int .Values.service.port)) }}
+{{- if include "podsight.securityEnabled" . }}
+{{- $sec := deepCopy $cfg.security }}
+{{- $files := list }}
+{{- range $f := ($sec.rules_files | default list) }}
+{{- $files = append $files $f }}
+{{- end }}
+{{- range $name := keys .Values.securityRules | sortAlpha }}
+{{- $files = append $files (printf "%s/%s" (include "podsight.rulesDir" $) $name) }}
+{{- end }}
+{{- $_ := set $sec "rules_files" $files }}
+{{- $_ := set $cfg "security" $sec }}
+{{- end }}
+{{- toYaml $cfg }}
+{{- end }}
+
+{{/*
+Relabelings shared by the ServiceMonitor and the PodMonitor. The agent's series
+carry their own namespace/pod/container (of the observed workload, "" for host
+cgroups); the operator would add the agent pod's as target labels, and with an
+empty scraped value Prometheus keeps the target's, misattributing host traffic.
+So: honorLabels, drop those target labels, keep the node.
+*/}}
+{{- define "podsight.scrapeRelabelings" -}}
+- sourceLabels: [__meta_kubernetes_pod_node_name]
+  targetLabel: node
+  action: replace
+- regex: namespace|pod|container
+  action: labeldrop
+{{- end }}

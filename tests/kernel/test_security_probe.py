@@ -1,0 +1,230 @@
+"""Security events from the real syscall tracepoints: every default rule fires
+on the real action inside a simulated pod, with the pod's identity, and stays
+quiet for the same action on the host or by an allow-listed program."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.support.agent import AgentProcess
+
+pytestmark = pytest.mark.root
+
+NETPROG = str(Path(__file__).resolve().parents[1] / "support" / "netprog.py")
+TOKEN_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+PTRACE = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+child = os.fork()
+if child == 0:
+    time.sleep(5); os._exit(0)
+rc = libc.ptrace(16, child, None, None)  # PTRACE_ATTACH
+time.sleep(0.2)
+libc.ptrace(17, child, None, None)       # PTRACE_DETACH
+os.kill(child, 9); os.waitpid(child, 0)
+print(rc)
+"""
+
+
+def config(b_ip: str) -> str:
+    # A generous rate limit: this test is about the rules, the storm test about limits.
+    return (
+        "security:\n  enabled: true\n  rate_limit: {events_per_second: 100000, burst: 100000}\n"
+        "  egress:\n    allowed_cidrs: [10.244.0.0/30]\n"
+        f"    kubernetes_api_cidrs: [{b_ip}/32]\n"
+    )
+
+
+@pytest.fixture
+def scratch():
+    """A directory outside the temp dirs (so exec from it is not 'exec from /tmp')."""
+    d = Path("/root") / f".podsight-test-{uuid.uuid4().hex[:8]}"
+    d.mkdir()
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def token_file():
+    created = not TOKEN_DIR.exists()
+    TOKEN_DIR.mkdir(parents=True, exist_ok=True)
+    token = TOKEN_DIR / "token"
+    had = token.exists()
+    if not had:
+        token.write_text("eyJhbGciOiJSUzI1NiJ9.e30.c2lnbmF0dXJl\n")
+    try:
+        yield token
+    finally:
+        if not had:
+            token.unlink()
+        if created:
+            shutil.rmtree("/var/run/secrets", ignore_errors=True)
+
+
+def alias(scratch: Path, name: str, target: str) -> str:
+    """A program whose process name (comm) is ``name``: comm comes from the exec'd file name."""
+    p = scratch / name
+    p.symlink_to(shutil.which(target))
+    return str(p)
+
+
+def run_in(pod, *cmd: str) -> int:
+    p = pod.run(*cmd)
+    p.wait(20)
+    return p.pid
+
+
+def run_host(*cmd: str) -> int:
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p.wait(20)
+    return p.pid
+
+
+def test_default_rules_fire_in_pods_only(node, scratch, token_file):
+    a, b = node.pod("a"), node.pod("b")
+    tmpdir = Path(tempfile.mkdtemp(prefix="podsight-"))  # below /tmp
+    payload = tmpdir / "payload"
+    shutil.copy(shutil.which("true"), payload)
+    etc_file = f"/etc/podsight-test-{uuid.uuid4().hex[:8]}"
+    setuid_target = scratch / "suid"
+    setuid_target.write_text("")
+    server = b.run(sys.executable, NETPROG, "serve", b.ip, "6443", text=True)
+    assert server.stdout.readline().strip() == "listening"
+    try:
+        with AgentProcess(config=config(b.ip)) as agent:
+            pod_actions = {
+                "shell_in_container": run_in(a, "sh", "-c", "true"),
+                "exec_from_temp_dir": run_in(a, str(payload)),
+                "sensitive_file_read": run_in(a, "cat", "/etc/shadow"),
+                "service_account_token_read": run_in(a, "cat", str(token_file)),
+                "write_below_etc_or_bin": run_in(a, "touch", etc_file),
+                "setuid_setgid_chmod": run_in(a, "chmod", "u+s", str(setuid_target)),
+                "ptrace_attach_or_poke": run_in(a, sys.executable, "-c", PTRACE),
+                "egress_outside_allowed_cidrs": run_in(a, sys.executable, NETPROG, "connect", b.ip, "6443", "1"),
+            }
+            # The API rule fires on the same connect as the egress rule.
+            pod_actions["kubernetes_api_from_unexpected_pod"] = pod_actions["egress_outside_allowed_cidrs"]
+            os.unlink(etc_file)
+            quiet = {  # same actions on the host, and by allow-listed programs in the pod
+                "shell_in_container": [run_host("sh", "-c", "true")],
+                "sensitive_file_read": [run_host("cat", "/etc/shadow"),
+                                        run_in(a, alias(scratch, "sshd", "cat"), "/etc/shadow")],
+                "service_account_token_read": [run_host("cat", str(token_file)),
+                                               run_in(a, alias(scratch, "kubectl", "cat"), str(token_file))],
+                "write_below_etc_or_bin": [run_in(a, alias(scratch, "dpkg", "touch"), etc_file)],
+                "setuid_setgid_chmod": [run_host("chmod", "u+s", str(setuid_target))],
+                "ptrace_attach_or_poke": [run_host(sys.executable, "-c", PTRACE)],
+                "egress_outside_allowed_cidrs": [run_in(a, sys.executable, "-c",
+                                                        "import socket; s=socket.socket(); s.settimeout(0.5);"
+                                                        "s.connect_ex(('127.0.0.1', 9))")],
+            }
+            os.unlink(etc_file)
+            time.sleep(1.0)
+            for rule in pod_actions:
+                assert agent.wait_events(lambda e, r=rule: e["rule"] == r, timeout=5), f"{rule} did not fire"
+            events = agent.events()
+    finally:
+        server.kill()
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        if os.path.exists(etc_file):
+            os.unlink(etc_file)
+
+    by_rule: dict[str, list[dict]] = {}
+    for e in events:
+        by_rule.setdefault(e["rule"], []).append(e)
+    for rule, pid in pod_actions.items():
+        hits = by_rule.get(rule, [])
+        mine = [e for e in hits if e["process"]["pid"] == pid or e["parent"]["pid"] == pid]
+        assert mine, f"{rule}: no event from the pod's process {pid}: {hits}"
+        for e in mine:
+            # Without an API server the pod is identified by its cgroup.
+            assert e["in_pod"] and e["pod_uid"] == a.uid and e["container_id"] == a.container_id, e
+    for rule, pids in quiet.items():
+        for pid in pids:
+            noisy = [e for e in by_rule.get(rule, []) if pid in (e["process"]["pid"], e["parent"]["pid"])]
+            assert not noisy, f"{rule} fired for allowed/host process {pid}: {noisy}"
+    # Syscall results travel with the event.
+    chmod = next(e for e in by_rule["setuid_setgid_chmod"] if e["process"]["pid"] == pod_actions["setuid_setgid_chmod"])
+    assert chmod["syscall"].get("return_code", chmod["syscall"].get("ret")) == 0, chmod
+
+
+def test_bad_rule_file_exits_before_attaching(tmp_path):
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("rules:\n  - name: x\n    event: exex\n    condition: {in_pod: true}\n    severity: warning\n")
+    cfg = tmp_path / "podsight.yaml"
+    cfg.write_text(f"security:\n  enabled: true\n  rules_files: [{bad}]\n")
+    env = {**os.environ, "PODSIGHT_LIBBPF": "/nonexistent/libbpf.so"}
+    r = subprocess.run([sys.executable, "-m", "podsight.cli", "run", "--config", str(cfg), "--listen", "127.0.0.1:0"],
+                       capture_output=True, text=True, env=env, timeout=30)
+    assert r.returncode != 0
+    assert f"{bad}:3" in r.stderr and "exex" in r.stderr, r.stderr
+    assert "attached" not in r.stderr
+
+
+def test_exec_storm_is_rate_limited_and_every_event_accounted(node):
+    """One pod execs as fast as it can for 10 s under a low rate limit: the agent
+    stays up, another pod's events still arrive, and delivered + dropped equals
+    the execs made."""
+    storm, calm = node.pod("storm"), node.pod("calm")
+    cfg = "security:\n  enabled: true\n  rate_limit: {events_per_second: 20, burst: 20}\n"
+    counter = (
+        "import os, time\n"
+        "n = 0; end = time.monotonic() + 10\n"
+        "while time.monotonic() < end:\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        os.execv('/bin/sh', ['sh', '-c', ':'])\n"
+        "    os.waitpid(pid, 0); n += 1\n"
+        "print(n)\n"
+    )
+    with AgentProcess(config=cfg) as agent:
+        p = storm.run(sys.executable, "-c", counter, text=True)
+        time.sleep(2)
+        calm_pid = run_in(calm, "sh", "-c", "true")
+        out, _ = p.communicate(timeout=30)
+        execs = int(out)
+        time.sleep(1.5)
+        s = agent.scrape()
+        assert agent.proc.poll() is None, "agent died under the storm"
+        delivered = [e for e in agent.events() if e["rule"] == "shell_in_container" and e["pod_uid"] == storm.uid]
+        dropped = s.value("podsight_events_dropped_total", event="exec")
+        assert s.value("podsight_events_dropped_total", reason="rate_limited", event="exec") > 0
+        # The calm pod stays within its own bucket, so every exec dropped is the storm's.
+        assert len(delivered) + dropped == execs, (len(delivered), dropped, execs)
+        assert any(e["process"]["pid"] == calm_pid for e in agent.events()), "the calm pod's event was lost"
+        assert execs > 200, execs  # a real storm, not a trickle
+        cpu = _cpu_seconds(agent.proc.pid)
+        assert cpu < 20, f"agent used {cpu:.1f} s of CPU for a 10 s storm"
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_events_are_json_lines_with_the_schema(node):
+    import jsonschema
+
+    from podsight.security.events import SCHEMA_PATH
+
+    a = node.pod("a")
+    with AgentProcess(config="security:\n  enabled: true\n") as agent:
+        run_in(a, "sh", "-c", "mysql --password=hunter2secret -e 'select 1' 2>/dev/null; true")
+        events = agent.wait_events(lambda e: e["rule"] == "shell_in_container")
+        assert events
+    schema = json.loads(Path(SCHEMA_PATH).read_text())
+    for e in agent.events():
+        jsonschema.validate(e, schema)
+    assert all("hunter2secret" not in line for line in agent.stdout)
