@@ -7,6 +7,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "podsight.h"
+#include "maps.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -21,16 +22,11 @@ static __always_inline void count(struct __sk_buff *skb, bool egress)
 {
 	/* The socket's cgroup, not the current task's: ingress runs in softirq. */
 	__u64 id = bpf_skb_cgroup_id(skb);
-	struct net_counters *c = bpf_map_lookup_elem(&network_traffic, &id);
+	struct net_counters zero = {};
+	struct net_counters *c = lookup_or_init(&network_traffic, &id, &zero);
 
-	if (!c) {
-		struct net_counters zero = {};
-
-		bpf_map_update_elem(&network_traffic, &id, &zero, BPF_NOEXIST);
-		c = bpf_map_lookup_elem(&network_traffic, &id);
-		if (!c)
-			return;	/* map full: the agent reports it from the entry count */
-	}
+	if (!c)
+		return;
 	/* A GSO/GRO skb stands for gso_segs packets on the wire. */
 	__u64 segs = skb->gso_segs ? skb->gso_segs : 1;
 

@@ -11,6 +11,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include "podsight.h"
+#include "maps.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -95,14 +96,9 @@ static __always_inline __u64 sk_cgroup_id(const struct sock *sk)
 
 static __always_inline struct tcp_counters *counters(__u64 cgid)
 {
-	struct tcp_counters *c = bpf_map_lookup_elem(&tcp_stats, &cgid);
-
-	if (c)
-		return c;
 	struct tcp_counters zero = {};
 
-	bpf_map_update_elem(&tcp_stats, &cgid, &zero, BPF_NOEXIST);
-	return bpf_map_lookup_elem(&tcp_stats, &cgid);
+	return lookup_or_init(&tcp_stats, &cgid, &zero);
 }
 
 /* Histogram slot of v: 0 for 0, else floor(log2(v)) + 1, so slot s holds
@@ -126,16 +122,11 @@ static __always_inline __u32 log2_slot(__u64 v)
 static __always_inline void observe(__u64 cgid, __u32 kind, __u64 value)
 {
 	struct hist_key key = { .cgroup_id = cgid, .kind = kind };
-	struct hist *h = bpf_map_lookup_elem(&tcp_histograms, &key);
+	struct hist zero = {};
+	struct hist *h = lookup_or_init(&tcp_histograms, &key, &zero);
 
-	if (!h) {
-		struct hist zero = {};
-
-		bpf_map_update_elem(&tcp_histograms, &key, &zero, BPF_NOEXIST);
-		h = bpf_map_lookup_elem(&tcp_histograms, &key);
-		if (!h)
-			return;
-	}
+	if (!h)
+		return;
 	__u32 slot = log2_slot(value);
 
 	/* clang folds a plain mask into log2_slot()'s clamp and the verifier
@@ -290,16 +281,10 @@ int skb_drop(struct trace_event_raw_kfree_skb *ctx)
 	if (!sk && bpf_core_field_exists(ctx->rx_sk))
 		sk = BPF_CORE_READ(ctx, rx_sk);
 	struct drop_key key = { .cgroup_id = sk_cgroup_id(sk), .reason = ctx->reason };
-	__u64 *n = bpf_map_lookup_elem(&network_drops, &key);
+	__u64 zero = 0;
+	__u64 *n = lookup_or_init(&network_drops, &key, &zero);
 
-	if (!n) {
-		__u64 zero = 0;
-
-		bpf_map_update_elem(&network_drops, &key, &zero, BPF_NOEXIST);
-		n = bpf_map_lookup_elem(&network_drops, &key);
-		if (!n)
-			return 0;
-	}
-	__sync_fetch_and_add(n, 1);
+	if (n)
+		__sync_fetch_and_add(n, 1);
 	return 0;
 }

@@ -14,7 +14,7 @@ fi
 arch=$(uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 for src in bpf/*.bpf.c; do
   obj="$out/bpf/$(basename "${src%.c}").o"
-  if [ "$obj" -nt "$src" ] && [ "$obj" -nt bpf/podsight.h ] && [ "$obj" -nt "$out/vmlinux.h" ]; then
+  if [ "$obj" -nt "$src" ] && [ "$obj" -nt bpf/podsight.h ] && [ "$obj" -nt bpf/maps.bpf.h ] && [ "$obj" -nt "$out/vmlinux.h" ]; then
     continue
   fi
   echo "build-bpf: $src -> $obj"

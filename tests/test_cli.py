@@ -1,29 +1,42 @@
 """The agent as a platform engineer runs it: start, signals, SIGKILL, bad config."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.support.agent import AgentProcess
 
-OUR_PROGRAMS = ("network_ingress", "network_egress")
+def _prog_ids_of(pid: int) -> set[int]:
+    """Programs the agent process holds (its fds), by kernel id."""
+    ids = set()
+    for fd in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            m = re.search(r"^prog_id:\s+(\d+)$", fd.read_text(), re.M)
+        except FileNotFoundError:
+            continue
+        if m:
+            ids.add(int(m.group(1)))
+    return ids
 
 
-def _attached() -> list[str]:
-    """Lines of `bpftool link list` / `bpftool cgroup tree` naming our programs."""
-    out = subprocess.run(["bpftool", "link", "list"], capture_output=True, text=True, check=True).stdout
-    out += subprocess.run(["bpftool", "cgroup", "tree"], capture_output=True, text=True, check=True).stdout
-    return [line for line in out.splitlines() if any(p in line for p in OUR_PROGRAMS)]
+def _attached() -> set[int]:
+    """Program ids attached anywhere: through a link, or on a cgroup (bpftool, not the agent)."""
+    links = json.loads(subprocess.run(["bpftool", "-j", "link", "list"], capture_output=True, text=True, check=True).stdout)
+    tree = json.loads(subprocess.run(["bpftool", "-j", "cgroup", "tree"], capture_output=True, text=True, check=True).stdout)
+    return {l["prog_id"] for l in links} | {p["id"] for cg in tree for p in cg["programs"]}
 
 
-def _wait_detached(timeout: float = 5.0) -> list[str]:
+def _wait_detached(ours: set[int], timeout: float = 5.0) -> set[int]:
     deadline = time.monotonic() + timeout
-    while (left := _attached()) and time.monotonic() < deadline:
+    while (left := ours & _attached()) and time.monotonic() < deadline:
         time.sleep(0.1)  # link release after the last fd closes is deferred in the kernel
     return left
 
@@ -32,11 +45,12 @@ def _wait_detached(timeout: float = 5.0) -> list[str]:
 def test_sigkill_leaves_nothing_attached():
     agent = AgentProcess().start()
     try:
-        assert _attached(), "agent running but no podsight programs attached"
+        ours = _prog_ids_of(agent.proc.pid)
+        assert len(ours & _attached()) >= 8, "agent running but its programs are not attached"
     finally:
         agent.stop(signal.SIGKILL)
     assert agent.proc.returncode == -signal.SIGKILL
-    assert _wait_detached() == []
+    assert _wait_detached(ours) == set()
 
 
 @pytest.mark.root
@@ -44,11 +58,13 @@ def test_sigkill_leaves_nothing_attached():
 def test_signal_detaches_and_exits_zero_within_2s(sig):
     agent = AgentProcess().start()
     assert agent.get("/readyz")[0] == 200
+    ours = _prog_ids_of(agent.proc.pid)
+    assert ours & _attached()
     t0 = time.monotonic()
     agent.send_signal(sig)
     rc = agent.proc.wait(5)
     assert rc == 0 and time.monotonic() - t0 < 2.0
-    assert _wait_detached(1.0) == []
+    assert _wait_detached(ours, 1.0) == set()
 
 
 BAD_CONFIGS = [
