@@ -174,3 +174,25 @@ def test_netfilter_drops_have_their_reason(node):
         assert s.value("podsight_network_drops_total", reason="NETFILTER_DROP", **sel(a)) >= 2
         reasons = {l["reason"] for l, _ in s.series("podsight_network_drops_total")}
         assert all(not r.isdigit() for r in reasons), reasons
+
+
+def test_ipv6_connections_and_bytes(node):
+    """Over ::1 in the host namespace: the TCP and network probes see IPv6 too."""
+    p = node.pod("v6", netns=False)
+    code = (
+        "import socket\n"
+        "l = socket.socket(socket.AF_INET6); l.bind(('::1', 0)); l.listen(8)\n"
+        "for _ in range(3):\n"
+        "    c = socket.create_connection(('::1', l.getsockname()[1])); s, _ = l.accept()\n"
+        "    c.sendall(b'6' * 100_003); n = 0\n"
+        "    while n < 100_003: n += len(s.recv(65536))\n"
+        "    c.close(); s.close()\n"
+    )
+    with AgentProcess() as agent:
+        r = p.run(PY, "-c", code, text=True)
+        assert r.wait(30) == 0, r.stderr.read()
+        s = agent.wait_for(lambda s: s.value("podsight_tcp_connections_closed_total", **sel(p)) >= 6)
+        assert s.value("podsight_tcp_connections_opened_total", direction="outbound", **sel(p)) == 3
+        assert s.value("podsight_tcp_connections_opened_total", direction="inbound", **sel(p)) == 3
+        assert s.value("podsight_tcp_connections_closed_total", **sel(p)) == 6
+        assert s.value("podsight_network_bytes_total", direction="egress", **sel(p)) >= 3 * 100_003
