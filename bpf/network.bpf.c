@@ -30,14 +30,18 @@ static __always_inline void count(struct __sk_buff *skb, bool egress)
 	/* A GSO/GRO skb stands for gso_segs packets on the wire. */
 	__u64 segs = skb->gso_segs ? skb->gso_segs : 1;
 
-	/* Per-CPU, but a softirq can interrupt a task-context run on the same
-	 * CPU: atomic adds keep both increments. */
+	/* Plain adds on the per-CPU slot: this runs for every packet and a
+	 * locked add costs as much as the rest of the program.  The only race
+	 * is a softirq interrupting a task-context update of the *same* field
+	 * of the same cgroup on the same CPU between its load and store (a
+	 * window of two instructions); Cilium's metrics map makes the same
+	 * trade.  Ingress and egress write different fields. */
 	if (egress) {
-		__sync_fetch_and_add(&c->tx_bytes, skb->len);
-		__sync_fetch_and_add(&c->tx_packets, segs);
+		c->tx_bytes += skb->len;
+		c->tx_packets += segs;
 	} else {
-		__sync_fetch_and_add(&c->rx_bytes, skb->len);
-		__sync_fetch_and_add(&c->rx_packets, segs);
+		c->rx_bytes += skb->len;
+		c->rx_packets += segs;
 	}
 }
 

@@ -247,7 +247,10 @@ class Agent:
 
     # -- garbage collection ------------------------------------------------
     def _gc_loop(self) -> None:
-        interval = max(self.cfg.rescan_interval, 0.5)
+        # The full walk only finds cgroups that are gone (new ones are found
+        # on demand at scrape time), so it need not run often: at idle it is
+        # the agent's main cost on a node with many pods.
+        interval = max(self.cfg.rescan_interval, 0.5) * 5
         while not self._stop.wait(interval):
             try:
                 self.resolver.scan()
@@ -273,6 +276,16 @@ class Agent:
                 in_pod = info is not None and info.identity.in_pod
                 if not in_pod or now - since >= grace:
                     due[cid] = info
+            # Entries recreated by late packets of a cgroup we already forgot
+            # (sockets outlive their cgroup) go the same way, as "unknown".
+            for s in self.sources:
+                m = self._map(s)
+                if m is None:
+                    continue
+                for k in m.keys():
+                    cid = s.key.unpack(k)[0]
+                    if cid and cid not in due and self.resolver.unresolvable(cid):
+                        due[cid] = None
             if due:
                 for s in self.sources:
                     m = self._map(s)

@@ -9,13 +9,10 @@ from __future__ import annotations
 import logging
 import os
 
-from prometheus_client.core import CollectorRegistry
-from prometheus_client.process_collector import ProcessCollector
-
 from .agent import Agent
 from .config import Config, parse_listen
 from .exporters.http import MetricsServer
-from .exporters.prometheus import PodsightCollector
+from .exporters.prometheus import MetricsRenderer
 from .kernel.mounts import MountError
 
 __all__ = ["Runtime", "StartupError"]
@@ -62,12 +59,10 @@ class Runtime:
                 raise StartupError(f"kubernetes: {e}") from None
             self.agent.pods = self.pods
             self.agent.labeler.pods = self.pods
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(PodsightCollector(self.agent, self))
-        ProcessCollector(registry=self.registry)
+        self.renderer = MetricsRenderer(self.agent, self)
         host, port = parse_listen(cfg.listen)
         try:
-            self.server = MetricsServer(host, port, self.registry, self.readiness)
+            self.server = MetricsServer(host, port, self.renderer.render, self.readiness)
         except OSError as e:
             raise StartupError(f"cannot listen on {cfg.listen}: {e.strerror}") from None
         self.port = self.server.port

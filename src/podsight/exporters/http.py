@@ -8,8 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 from urllib.parse import urlsplit
 
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import CollectorRegistry
+from .textformat import CONTENT_TYPE
 
 __all__ = ["MetricsServer"]
 
@@ -26,29 +25,28 @@ class _Server6(_Server):
 
 
 class MetricsServer:
-    """Serves the registry.  ``readiness()`` returns (ready, message).
+    """Serves ``render()`` at /metrics.  ``readiness()`` returns (ready, message).
 
     /readyz stays 200 while degraded (e.g. Kubernetes API unreachable): the
     metrics are still worth scraping, and failing readiness would take the
     pod out of the Service endpoints that Prometheus discovers it by.
     """
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, readiness: Callable[[], tuple[bool, str]]):
-        registry_ = registry
+    def __init__(self, host: str, port: int, render: Callable[[], bytes], readiness: Callable[[], tuple[bool, str]]):
+        render_ = render
         readiness_ = readiness
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
                 path = urlsplit(self.path).path
                 if path == "/metrics":
-                    encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
                     try:
-                        body = encoder(registry_)
+                        body = render_()
                     except Exception as e:  # a broken scrape must say why, not hang up
                         log.exception("scrape failed")
                         self._send(500, f"scrape failed: {e}\n".encode(), "text/plain")
                         return
-                    self._send(200, body, ctype)
+                    self._send(200, body, CONTENT_TYPE)
                 elif path == "/healthz":
                     self._send(200, b"ok\n", "text/plain")
                 elif path == "/readyz":

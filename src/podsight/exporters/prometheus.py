@@ -1,142 +1,20 @@
-"""The /metrics collector: metric families built at scrape time from one snapshot."""
+"""/metrics: every podsight family rendered from one snapshot at scrape time."""
 from __future__ import annotations
 
 import platform
-from typing import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import generate_latest
+from prometheus_client.core import CollectorRegistry
+from prometheus_client.process_collector import ProcessCollector
 
 from .. import __version__
-from ..kernel.layouts import HIST_CONNECT, HIST_SRTT, TcpCounters
+from ..kernel.layouts import HIST_CONNECT, HIST_SLOTS, HIST_SRTT, TcpCounters
 from ..reader.histograms import Buckets
+from .textformat import LabelCache, Writer, escape
 
-__all__ = ["PodsightCollector"]
-
-
-class PodsightCollector(Collector):
-    def __init__(self, agent, runtime=None):
-        self.agent = agent
-        self.runtime = runtime
-
-    def describe(self) -> list[Metric]:
-        # Registration must not read the kernel maps.
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        agent = self.agent
-        snap = agent.snapshot()
-        node = agent.node
-        names = list(snap.label_names)
-
-        info = GaugeMetricFamily(
-            "podsight_build_info", "podsight build information; value is always 1.",
-            labels=["version", "python_version", "node"],
-        )
-        info.add_metric([__version__, platform.python_version(), node], 1)
-        yield info
-
-        up = GaugeMetricFamily(
-            "podsight_probe_up", "1 if the probe family is attached on this kernel, 0 if unavailable.",
-            labels=["probe", "node"],
-        )
-        for probe, ok in sorted(snap.probes.items()):
-            up.add_metric([probe, node], 1 if ok else 0)
-        yield up
-
-        api = self.runtime.kubernetes_api_up() if self.runtime is not None else None
-        if api is not None:
-            g = GaugeMetricFamily(
-                "podsight_kubernetes_api_up", "1 if the pod watch on the Kubernetes API is healthy.", labels=["node"]
-            )
-            g.add_metric([node], api)
-            yield g
-
-        entries = GaugeMetricFamily(
-            "podsight_bpf_map_entries", "Entries in a BPF map, read at scrape time.", labels=["map", "node"]
-        )
-        for name, n in sorted(snap.map_entries.items()):
-            entries.add_metric([name, node], n)
-        yield entries
-
-        if snap.programs:
-            runs = CounterMetricFamily(
-                "podsight_bpf_program_runs", "Times each podsight BPF program ran (kernel BPF stats).",
-                labels=["program", "node"],
-            )
-            secs = CounterMetricFamily(
-                "podsight_bpf_program_run_seconds", "Time spent in each podsight BPF program (kernel BPF stats).",
-                labels=["program", "node"],
-            )
-            for prog, st in sorted(snap.programs.items()):
-                runs.add_metric([prog, node], st.run_count)
-                secs.add_metric([prog, node], st.run_time_ns / 1e9)
-            yield runs
-            yield secs
-
-        sink = getattr(self.runtime, "sink", None)
-        if sink is not None:
-            sec = CounterMetricFamily(
-                "podsight_security_events", "Security rule matches, by rule, severity and namespace.",
-                labels=["rule", "severity", "namespace", "node"],
-            )
-            for (rule, severity, namespace), n in sorted(sink.counts().items()):
-                sec.add_metric([rule, severity, namespace, node], n)
-            yield sec
-        if snap.event_drops:
-            dropped = CounterMetricFamily(
-                "podsight_events_dropped", "Security events not delivered, by reason and event kind (every drop is counted).",
-                labels=["reason", "event", "node"],
-            )
-            for (reason, kind), n in sorted(snap.event_drops.items()):
-                dropped.add_metric([reason, kind, node], n)
-            yield dropped
-
-        net = snap.series.get("network_traffic", {})
-        yield from _directional(
-            net, names,
-            ("podsight_network_bytes", "Bytes at the IP layer through sockets of the workload, by direction.", 0, 2),
-            ("podsight_network_packets", "Packets (GSO segments counted one by one) through sockets of the workload.", 1, 3),
-        )
-        yield from _tcp(snap.series.get("tcp_stats", {}), names)
-        yield from _histograms(snap.series.get("tcp_histograms", {}), names)
-
-        drops = CounterMetricFamily(
-            "podsight_network_drops", "Packets the kernel dropped, by its drop reason (skb:kfree_skb).",
-            labels=names + ["reason"],
-        )
-        for labels, vals in snap.series.get("network_drops", {}).items():
-            drops.add_metric(list(labels), vals[0])
-        yield drops
-
+__all__ = ["MetricsRenderer"]
 
 _T = {name: i for i, (name, _) in enumerate(TcpCounters._fields_)}
-
-
-def _tcp(data, names) -> Iterator[Metric]:
-    def fam(metric: str, help_text: str, extra: list[str] | None = None, cls=CounterMetricFamily):
-        return cls(metric, help_text, labels=names + (extra or []))
-
-    opened = fam("podsight_tcp_connections_opened", "TCP connections established, by who opened them.", ["direction"])
-    failed = fam("podsight_tcp_connections_failed", "TCP handshakes that never completed (refused, reset, timed out).", ["direction"])
-    closed = fam("podsight_tcp_connections_closed", "Established TCP connections that closed (opened while the agent ran).")
-    active = fam("podsight_tcp_connections_active", "TCP connections established and not yet closed (since the agent started).", cls=GaugeMetricFamily)
-    retrans = fam("podsight_tcp_retransmits", "TCP segments retransmitted (as the kernel counts TcpRetransSegs).")
-    resets = fam("podsight_tcp_resets", "TCP resets sent or received on the workload's sockets.", ["direction"])
-    for labels, v in data.items():
-        lb = list(labels)
-        opened.add_metric(lb + ["outbound"], v[_T["opened_outbound"]])
-        opened.add_metric(lb + ["inbound"], v[_T["opened_inbound"]])
-        failed.add_metric(lb + ["outbound"], v[_T["failed_outbound"]])
-        failed.add_metric(lb + ["inbound"], v[_T["failed_inbound"]])
-        closed.add_metric(lb, v[_T["closed"]])
-        opens = v[_T["opened_outbound"]] + v[_T["opened_inbound"]]
-        active.add_metric(lb, max(0, opens - v[_T["closed"]]))
-        retrans.add_metric(lb, v[_T["retransmits"]])
-        resets.add_metric(lb + ["sent"], v[_T["resets_sent"]])
-        resets.add_metric(lb + ["received"], v[_T["resets_received"]])
-    yield from (opened, failed, closed, active, retrans, resets)
-
 
 # Microsecond base unit; buckets 16 us .. ~4.2 s, then +Inf.
 _US_BUCKETS = Buckets(1e-6, 4, 22)
@@ -146,22 +24,117 @@ _HISTOGRAMS = {
 }
 
 
-def _histograms(data, names) -> Iterator[Metric]:
-    fams = {kind: HistogramMetricFamily(metric, help_text, labels=names) for kind, (metric, help_text) in _HISTOGRAMS.items()}
-    for labels, vals in data.items():
-        fam = fams.get(labels[-1])
-        if fam is None:
-            continue
-        slots, total_us = vals[:32], vals[32]
-        fam.add_metric(list(labels[:-1]), _US_BUCKETS.cumulative(slots), total_us * 1e-6)
-    yield from fams.values()
+class MetricsRenderer:
+    def __init__(self, agent, runtime=None):
+        self.agent = agent
+        self.runtime = runtime
+        names = agent.labeler.names
+        self.labels = LabelCache(names)
+        self.drop_labels = LabelCache(names + ("reason",))
+        self.process = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.process)
 
+    def render(self) -> bytes:
+        agent = self.agent
+        snap = agent.snapshot()
+        node = escape(agent.node)
+        w = Writer()
 
-def _directional(data, names, *specs) -> Iterator[Metric]:
-    """Counters whose values hold an ingress and an egress column."""
-    for metric, help_text, ingress_col, egress_col in specs:
-        fam = CounterMetricFamily(metric, help_text, labels=names + ["direction"])
+        w.family("podsight_build_info", "gauge", "podsight build information; value is always 1.")
+        w.sample("podsight_build_info",
+                 f'version="{__version__}",python_version="{platform.python_version()}",node="{node}"', 1)
+        w.family("podsight_probe_up", "gauge", "1 if the probe (or probe part) is attached on this kernel, 0 if unavailable.")
+        for probe, ok in sorted(snap.probes.items()):
+            w.sample("podsight_probe_up", f'probe="{probe}",node="{node}"', int(ok))
+        api = self.runtime.kubernetes_api_up() if self.runtime is not None else None
+        if api is not None:
+            w.family("podsight_kubernetes_api_up", "gauge", "1 if the pod watch on the Kubernetes API is healthy.")
+            w.sample("podsight_kubernetes_api_up", f'node="{node}"', api)
+        w.family("podsight_bpf_map_entries", "gauge", "Entries in a BPF map, read at scrape time.")
+        for name, n in sorted(snap.map_entries.items()):
+            w.sample("podsight_bpf_map_entries", f'map="{name}",node="{node}"', n)
+        if snap.programs:
+            w.family("podsight_bpf_program_runs", "counter", "Times each podsight BPF program ran (kernel BPF stats).")
+            w.samples("podsight_bpf_program_runs_total",
+                      ((f'program="{p}",node="{node}"', st.run_count) for p, st in sorted(snap.programs.items())))
+            w.family("podsight_bpf_program_run_seconds", "counter", "Time spent in each podsight BPF program (kernel BPF stats).")
+            w.samples("podsight_bpf_program_run_seconds_total",
+                      ((f'program="{p}",node="{node}"', st.run_time_ns / 1e9) for p, st in sorted(snap.programs.items())))
+        self._security(w, snap, node)
+
+        net = snap.series.get("network_traffic", {})
+        self._directional(w, net, "podsight_network_bytes",
+                          "Bytes at the IP layer through sockets of the workload, by direction.", 0, 2)
+        self._directional(w, net, "podsight_network_packets",
+                          "Packets (GSO segments counted one by one) through sockets of the workload.", 1, 3)
+        self._tcp(w, snap.series.get("tcp_stats", {}))
+        self._histograms(w, snap.series.get("tcp_histograms", {}))
+        w.family("podsight_network_drops", "counter", "Packets the kernel dropped, by its drop reason (skb:kfree_skb).")
+        w.samples("podsight_network_drops_total",
+                  ((self.drop_labels(labels), v[0]) for labels, v in snap.series.get("network_drops", {}).items()))
+        return w.text().encode() + generate_latest(self.process)
+
+    def _security(self, w: Writer, snap, node: str) -> None:
+        sink = getattr(self.runtime, "sink", None)
+        if sink is not None:
+            w.family("podsight_security_events", "counter", "Security rule matches, by rule, severity and namespace.")
+            for (rule, severity, namespace), n in sorted(sink.counts().items()):
+                w.sample("podsight_security_events_total",
+                         f'rule="{escape(rule)}",severity="{severity}",namespace="{escape(namespace)}",node="{node}"', n)
+        if snap.event_drops:
+            w.family("podsight_events_dropped", "counter",
+                     "Security events not delivered, by reason and event kind (every drop is counted).")
+            for (reason, kind), n in sorted(snap.event_drops.items()):
+                w.sample("podsight_events_dropped_total", f'reason="{reason}",event="{kind}",node="{node}"', n)
+
+    def _directional(self, w: Writer, data, metric: str, help_text: str, ingress: int, egress: int) -> None:
+        w.family(metric, "counter", help_text)
+        name = metric + "_total"
+        parts = w.parts
         for labels, vals in data.items():
-            fam.add_metric([*labels, "ingress"], vals[ingress_col])
-            fam.add_metric([*labels, "egress"], vals[egress_col])
-        yield fam
+            ls = self.labels(labels)
+            parts.append(f'{name}{{{ls},direction="ingress"}} {vals[ingress]}\n'
+                         f'{name}{{{ls},direction="egress"}} {vals[egress]}\n')
+
+    def _tcp(self, w: Writer, data) -> None:
+        rows = [(self.labels(labels), v) for labels, v in data.items()]
+        oo, oi, fo, fi, cl = (_T[k] for k in ("opened_outbound", "opened_inbound", "failed_outbound", "failed_inbound", "closed"))
+        rt, rs, rr = _T["retransmits"], _T["resets_sent"], _T["resets_received"]
+        parts = w.parts
+
+        def directional(metric, help_text, a, b, da, db):
+            w.family(metric, "counter", help_text)
+            parts.extend(f'{metric}_total{{{ls},direction="{da}"}} {v[a]}\n'
+                         f'{metric}_total{{{ls},direction="{db}"}} {v[b]}\n' for ls, v in rows)
+
+        directional("podsight_tcp_connections_opened", "TCP connections established, by who opened them.",
+                    oo, oi, "outbound", "inbound")
+        directional("podsight_tcp_connections_failed",
+                    "TCP handshakes that never completed (refused, reset, timed out).", fo, fi, "outbound", "inbound")
+        w.family("podsight_tcp_connections_closed", "counter",
+                 "Established TCP connections that closed (opened while the agent ran).")
+        w.samples("podsight_tcp_connections_closed_total", ((ls, v[cl]) for ls, v in rows))
+        w.family("podsight_tcp_connections_active", "gauge",
+                 "TCP connections established and not yet closed (since the agent started).")
+        w.samples("podsight_tcp_connections_active", ((ls, max(0, v[oo] + v[oi] - v[cl])) for ls, v in rows))
+        w.family("podsight_tcp_retransmits", "counter", "TCP segments retransmitted (as the kernel counts TcpRetransSegs).")
+        w.samples("podsight_tcp_retransmits_total", ((ls, v[rt]) for ls, v in rows))
+        directional("podsight_tcp_resets", "TCP resets sent or received on the workload's sockets.",
+                    rs, rr, "sent", "received")
+
+    def _histograms(self, w: Writer, data) -> None:
+        by_kind: dict[str, list] = {kind: [] for kind in _HISTOGRAMS}
+        for labels, vals in data.items():
+            rows = by_kind.get(labels[-1])
+            if rows is not None:
+                rows.append((self.labels(labels[:-1]), vals))
+        les = [f',le="{le}"}} ' for le in _US_BUCKETS.les]
+        parts = w.parts
+        for kind, (metric, help_text) in _HISTOGRAMS.items():
+            w.family(metric, "histogram", help_text)
+            for ls, vals in by_kind[kind]:
+                cumulative = _US_BUCKETS.cumulative(vals[:HIST_SLOTS])  # vals[HIST_SLOTS] is the sum
+                head = f"{metric}_bucket{{{ls}"
+                parts.extend(f"{head}{le}{n}\n" for le, (_, n) in zip(les, cumulative))
+                parts.append(f"{metric}_sum{{{ls}}} {vals[HIST_SLOTS] * 1e-6!r}\n"
+                             f"{metric}_count{{{ls}}} {cumulative[-1][1]}\n")
