@@ -32,7 +32,8 @@ class MetricsServer:
     pod out of the Service endpoints that Prometheus discovers it by.
     """
 
-    def __init__(self, host: str, port: int, render: Callable[[], bytes], readiness: Callable[[], tuple[bool, str]]):
+    def __init__(self, host: str, port: int, render: Callable[[], list[bytes]],
+                 readiness: Callable[[], tuple[bool, str]]):
         render_ = render
         readiness_ = readiness
 
@@ -57,12 +58,14 @@ class MetricsServer:
                 else:
                     self._send(404, b"not found\n", "text/plain")
 
-            def _send(self, code: int, body: bytes, ctype: str) -> None:
+            def _send(self, code: int, body: bytes | list[bytes], ctype: str) -> None:
+                chunks = body if isinstance(body, list) else [body]
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(sum(map(len, chunks))))
                 self.end_headers()
-                self.wfile.write(body)
+                for chunk in chunks:
+                    self.wfile.write(chunk)
 
             def log_message(self, fmt: str, *args) -> None:
                 log.debug("%s " + fmt, self.client_address[0], *args)

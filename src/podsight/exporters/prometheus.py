@@ -34,7 +34,8 @@ class MetricsRenderer:
         self.process = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.process)
 
-    def render(self) -> bytes:
+    def render(self) -> list[bytes]:
+        """The page as chunks: at a thousand pods it is megabytes, not worth copying again to join."""
         agent = self.agent
         snap = agent.snapshot()
         node = escape(agent.node)
@@ -72,7 +73,7 @@ class MetricsRenderer:
         w.family("podsight_network_drops", "counter", "Packets the kernel dropped, by its drop reason (skb:kfree_skb).")
         w.samples("podsight_network_drops_total",
                   ((self.drop_labels(labels), v[0]) for labels, v in snap.series.get("network_drops", {}).items()))
-        return w.text().encode() + generate_latest(self.process)
+        return [w.text().encode(), generate_latest(self.process)]
 
     def _security(self, w: Writer, snap, node: str) -> None:
         sink = getattr(self.runtime, "sink", None)
@@ -133,8 +134,8 @@ class MetricsRenderer:
         for kind, (metric, help_text) in _HISTOGRAMS.items():
             w.family(metric, "histogram", help_text)
             for ls, vals in by_kind[kind]:
-                cumulative = _US_BUCKETS.cumulative(vals[:HIST_SLOTS])  # vals[HIST_SLOTS] is the sum
+                counts = _US_BUCKETS.cumulative_counts(vals[:HIST_SLOTS])  # vals[HIST_SLOTS] is the sum
                 head = f"{metric}_bucket{{{ls}"
-                parts.extend(f"{head}{le}{n}\n" for le, (_, n) in zip(les, cumulative))
+                parts.append("".join([f"{head}{le}{n}\n" for le, n in zip(les, counts)]))
                 parts.append(f"{metric}_sum{{{ls}}} {vals[HIST_SLOTS] * 1e-6!r}\n"
-                             f"{metric}_count{{{ls}}} {cumulative[-1][1]}\n")
+                             f"{metric}_count{{{ls}}} {counts[-1]}\n")

@@ -64,17 +64,21 @@ class Map:
         self.max_entries = lib.bpf_map__max_entries(ptr)
         self.percpu = self.type in self.PERCPU_TYPES
         self._stride = (self.value_size + 7) & ~7
-        self._ncpu = possible_cpus() if self.percpu else 1
+        self.ncpu = possible_cpus() if self.percpu else 1  # value slots per entry
         self._batch_ok = True
 
     def _value_buf_size(self, n: int) -> int:
-        return n * (self._stride * self._ncpu if self.percpu else self.value_size)
+        return n * (self._stride * self.ncpu if self.percpu else self.value_size)
 
-    def items_raw(self) -> Iterator[tuple[bytes, list[bytes]]]:
-        """(key bytes, [value bytes per CPU]) for every entry."""
+    def batches(self) -> Iterator[tuple[bytes, bytes, int]]:
+        """(keys, values, n): raw buffers of ``n`` entries each.
+
+        A per-CPU entry's value is ``ncpu`` slots of ``stride`` bytes, CPU by
+        CPU.  Batch lookups where the kernel allows them, else one key at a time.
+        """
         if self._batch_ok:
             try:
-                yield from self._items_batch()
+                yield from self._batches()
                 return
             except LibbpfError as e:
                 # EINVAL/ENOTSUPP(524): kernels or map types without batch ops.
@@ -82,22 +86,21 @@ class Map:
                     raise
                 log.info("map %s: batch lookup refused (%s); iterating keys", self.name, e)
                 self._batch_ok = False
-        yield from self._items_iter()
+        yield from self._one_by_one()
 
     def _split(self, raw: bytes) -> list[bytes]:
         if not self.percpu:
             return [raw[: self.value_size]]
         s = self._stride
-        return [raw[i * s : i * s + self.value_size] for i in range(self._ncpu)]
+        return [raw[i * s : i * s + self.value_size] for i in range(self.ncpu)]
 
-    def _items_batch(self) -> Iterator[tuple[bytes, list[bytes]]]:
+    def _batches(self) -> Iterator[tuple[bytes, bytes, int]]:
         keys = ctypes.create_string_buffer(self.key_size * _BATCH)
         vals = ctypes.create_string_buffer(self._value_buf_size(_BATCH))
         token_in = ctypes.create_string_buffer(max(self.key_size, 8))
         token_out = ctypes.create_string_buffer(max(self.key_size, 8))
         count = ctypes.c_uint32()
         first = True
-        vsize = self._value_buf_size(1)
         while True:
             count.value = _BATCH
             ret = lib.bpf_map_lookup_batch(
@@ -106,16 +109,15 @@ class Map:
             done = ret < 0 and -ret == errno.ENOENT
             if ret < 0 and not done:
                 check_int("bpf_map_lookup_batch", ret, self.name)
-            kraw, vraw = keys.raw, vals.raw
-            for i in range(count.value):
-                k = kraw[i * self.key_size : (i + 1) * self.key_size]
-                yield k, self._split(vraw[i * vsize : (i + 1) * vsize])
+            n = count.value
+            if n:
+                yield keys.raw[: n * self.key_size], vals.raw[: self._value_buf_size(n)], n
             if done:
                 return
             ctypes.memmove(token_in, token_out, len(token_out))
             first = False
 
-    def _items_iter(self) -> Iterator[tuple[bytes, list[bytes]]]:
+    def _one_by_one(self) -> Iterator[tuple[bytes, bytes, int]]:
         key = ctypes.create_string_buffer(self.key_size)
         nxt = ctypes.create_string_buffer(self.key_size)
         val = ctypes.create_string_buffer(self._value_buf_size(1))
@@ -123,7 +125,7 @@ class Map:
         while ret == 0:
             ctypes.memmove(key, nxt, self.key_size)
             if lib.bpf_map_lookup_elem(self.fd, key, val) == 0:
-                yield key.raw, self._split(val.raw)
+                yield key.raw, val.raw, 1
             ret = lib.bpf_map_get_next_key(self.fd, key, nxt)
 
     def delete(self, key: bytes) -> bool:

@@ -1,6 +1,8 @@
 """log2 histograms from the kernel → Prometheus cumulative buckets."""
 from __future__ import annotations
 
+from itertools import accumulate
+
 __all__ = ["Buckets"]
 
 
@@ -17,14 +19,14 @@ class Buckets:
         self.lo, self.hi = lo, hi
         self.les = [_le((2**s) * unit_seconds) for s in range(lo, hi + 1)] + ["+Inf"]
 
+    def cumulative_counts(self, slots) -> list[int]:
+        """Cumulative count at each bound of ``les`` (the last is +Inf: all of them)."""
+        counts = list(accumulate(slots[self.lo + 1 : self.hi + 1], initial=sum(slots[: self.lo + 1])))
+        counts.append(counts[-1] + sum(slots[self.hi + 1 :]))
+        return counts
+
     def cumulative(self, slots) -> list[tuple[str, int]]:
-        acc = sum(slots[: self.lo + 1])
-        out = [(self.les[0], acc)]
-        for i, s in enumerate(range(self.lo + 1, self.hi + 1), start=1):
-            acc += slots[s]
-            out.append((self.les[i], acc))
-        out.append(("+Inf", acc + sum(slots[self.hi + 1 :])))
-        return out
+        return list(zip(self.les, self.cumulative_counts(slots)))
 
 
 def _le(x: float) -> str:
