@@ -252,7 +252,7 @@ int tcp_rtt(struct trace_event_raw_tcp_probe *ctx)
 {
 	/* Fires for every segment received on an established socket: keep the
 	 * common path to one hash lookup and a time comparison. */
-	__u64 skey = (__u64)BPF_CORE_READ(ctx, skaddr);
+	__u64 skey = (__u64)ctx->skaddr;	/* a direct ctx load: no probe-read helper call */
 	__u64 now = bpf_ktime_get_ns();
 	struct sock_state *st = bpf_map_lookup_elem(&tcp_socks, &skey);
 
@@ -279,7 +279,7 @@ int skb_drop(struct trace_event_raw_kfree_skb *ctx)
 
 	/* rx_sk (6.10+) names the receiving socket when the skb has none yet. */
 	if (!sk && bpf_core_field_exists(ctx->rx_sk))
-		sk = BPF_CORE_READ(ctx, rx_sk);
+		sk = ctx->rx_sk;
 	struct drop_key key = { .cgroup_id = sk_cgroup_id(sk), .reason = ctx->reason };
 	__u64 zero = 0;
 	__u64 *n = lookup_or_init(&network_drops, &key, &zero);
