@@ -148,7 +148,7 @@ int tcp_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	const struct sock *sk = ctx->skaddr;
 	__u64 skey = (__u64)sk;
 	int old = ctx->oldstate, new = ctx->newstate;
-	__u64 cgid = sk_cgroup_id(sk);
+	__u64 cgid;
 	struct tcp_counters *c;
 	struct sock_state *st;
 
@@ -159,6 +159,7 @@ int tcp_state(struct trace_event_raw_inet_sock_set_state *ctx)
 		return 0;
 	}
 	if (new == TCP_ESTABLISHED && (old == TCP_SYN_SENT || old == TCP_SYN_RECV)) {
+		cgid = sk_cgroup_id(sk);	/* three kernel reads: only for transitions we count */
 		c = counters(cgid);
 		if (!c)
 			return 0;
@@ -182,7 +183,7 @@ int tcp_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	if (new != TCP_CLOSE)
 		return 0;
 
-	c = counters(cgid);
+	c = counters(sk_cgroup_id(sk));
 	if (c) {
 		if (old == TCP_SYN_SENT) {
 			__sync_fetch_and_add(&c->failed_outbound, 1);
@@ -253,6 +254,8 @@ int tcp_rtt(struct trace_event_raw_tcp_probe *ctx)
 	/* Fires for every segment received on an established socket: keep the
 	 * common path to one hash lookup and a time comparison. */
 	__u64 skey = (__u64)ctx->skaddr;	/* a direct ctx load: no probe-read helper call */
+	/* bpf_ktime_get_coarse_ns() would do for a one-second limit and cost
+	 * less, but tracepoint programs may not call it (6.18). */
 	__u64 now = bpf_ktime_get_ns();
 	struct sock_state *st = bpf_map_lookup_elem(&tcp_socks, &skey);
 

@@ -109,6 +109,7 @@ class Agent:
         self._gc_thread: threading.Thread | None = None
         self._stats_fd: int | None = None
         self.after_scan: list = []  # callables run after each periodic rescan
+        self._unresolvable: set[int] = set()  # ids the last snapshot could not resolve, for GC
         self.started = False
 
     # -- lifecycle ---------------------------------------------------------
@@ -221,6 +222,7 @@ class Agent:
                 ids.update((k[0] for k in raw[s.map]) if s.paired else raw[s.map])
             infos = self.resolver.resolve_many(ids - {0})
             base = {cid: self._base_labels(cid, infos, now) for cid in ids}
+            self._unresolvable = {cid for cid in ids if cid and infos.get(cid) is None and self.resolver.unresolvable(cid)}
             for s in self.sources:
                 if s.paired:
                     def label_of(k, s=s):
@@ -277,15 +279,11 @@ class Agent:
                 if not in_pod or now - since >= grace:
                     due[cid] = info
             # Entries recreated by late packets of a cgroup we already forgot
-            # (sockets outlive their cgroup) go the same way, as "unknown".
-            for s in self.sources:
-                m = self._map(s)
-                if m is None:
-                    continue
-                for k in m.keys():
-                    cid = s.key.unpack(k)[0]
-                    if cid and cid not in due and self.resolver.unresolvable(cid):
-                        due[cid] = None
+            # (sockets outlive their cgroup) go the same way, as "unknown";
+            # the last snapshot saw them, so no map walk is needed here.
+            for cid in self._unresolvable:
+                due.setdefault(cid, None)
+            self._unresolvable = set()
             if due:
                 for s in self.sources:
                     m = self._map(s)

@@ -227,4 +227,8 @@ def test_events_are_json_lines_with_the_schema(node):
     schema = json.loads(Path(SCHEMA_PATH).read_text())
     for e in agent.events():
         jsonschema.validate(e, schema)
+    # The shell's argv really travelled (so redaction had something to do) ...
+    shell = next(e for e in events if e["process"]["name"] == "sh")
+    assert shell["process"]["args"][:2] == ["sh", "-c"] and "mysql" in shell["process"]["args"][2], shell
+    # ... and the password did not.
     assert all("hunter2secret" not in line for line in agent.stdout)

@@ -27,6 +27,7 @@ __all__ = [
     "SEC_DROPS",
     "SEC_PREFIXES",
     "SEC_PREFIX_LEN",
+    "SEC_ARGS_LEN",
     "MIRRORED",
 ]
 

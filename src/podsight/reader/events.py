@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Callable
 
-from ..kernel.layouts import SEC_KINDS, SEC_SYSCALLS, SecurityEvent
+from ..kernel.layouts import SEC_ARGS_LEN, SEC_KINDS, SEC_SYSCALLS, SecurityEvent
 from ..kernel.libbpf import SAMPLE_FN, check_ptr, lib
 from ..security.model import RawEvent
 
@@ -61,11 +61,11 @@ def decode(raw: bytes, offset_ns: int) -> RawEvent:
     )
     if kind == "exec":
         ev.exe = ev.path
-        used = min(e.args_len, len(e.args))
+        used = min(e.args_len, SEC_ARGS_LEN)
         # e.args would stop at the first NUL; argv is NUL-separated.
         raw_args = ctypes.string_at(ctypes.addressof(e) + SecurityEvent.args.offset, used)
         ev.args = [_text(a) for a in raw_args.rstrip(b"\0").split(b"\0")] if used else []
-        ev.args_truncated = e.args_len > len(e.args)
+        ev.args_truncated = e.args_len > SEC_ARGS_LEN
     if e.family == _AF_INET:
         ev.dst_ip = str(ipaddress.IPv4Address(bytes(e.dst_addr[:4])))
     elif e.family == _AF_INET6:

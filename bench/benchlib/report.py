@@ -1,0 +1,113 @@
+"""The human table and the JSON file.  Pure formatting, plus one file write."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["table", "write_json", "verdicts"]
+
+
+def _fmt(v, digits: int = 1) -> str:
+    if v is None:
+        return "-"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f}"
+
+
+def _mmm(s: dict | None, digits: int = 1) -> str:
+    if not s or s.get("median") is None:
+        return "-"
+    return f"{_fmt(s['median'], digits)} [{_fmt(s['min'], digits)}..{_fmt(s['max'], digits)}]"
+
+
+def _verdict(b: dict | None) -> str:
+    if not b:
+        return ""
+    return f"{b['verdict'] or 'n/a'} ({b['op']} {b['limit']:g}{b['unit']})"
+
+
+def table(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"podsight benchmark: {m['date']}  {m['hostname']}  kernel {m['kernel']}  "
+             f"{m['cpu_count']} x {m['cpu_model']}",
+             "figures: median [min..max] over repeats", ""]
+    rows: list[tuple[str, str, str]] = []
+    f = res["figures"]
+    if "throughput" in f:
+        t = f["throughput"]
+        rows.append(("iperf3 Gbit/s off -> on", f"{_mmm(t['off'])} -> {_mmm(t['on'])}", ""))
+        rows.append(("iperf3 on/off", _mmm(t["ratio"], 4), _verdict(t["budget"])))
+    if "churn" in f:
+        c = f["churn"]
+        rows.append(("churn conn/s off -> on", f"{_mmm(c['off'], 0)} -> {_mmm(c['on'], 0)}", ""))
+        rows.append(("churn on/off", _mmm(c["ratio"], 4), _verdict(c["budget"])))
+    if "kernel_cost" in f:
+        for prog, p in f["kernel_cost"]["programs"].items():
+            if not p.get("runs_per_repeat") or not p["ns_per_run"]["n"]:
+                rows.append((f"{prog} ns/run", "not run under this load", ""))
+                continue
+            cc = p["connect_close_ns_per_run"]["median"]
+            rows.append((f"{prog} ns/run vs empty",
+                         f"{_fmt(p['ns_per_run']['median'])} vs {_fmt(p['floor_ns_per_run']['median'])} = "
+                         f"{_mmm(p['ratio'], 2)}x" + (f"; {_fmt(cc)} ns/event in connect/close loop" if cc else ""),
+                         _verdict(p.get("budget"))))
+    if "scale" in f:
+        s = f["scale"]
+        rows.append(("scale: pods / series", f"{s['pods']} ({s['pods_labelled']} with k8s names) / {s['series']:,}", ""))
+        rows.append(("scrape p50 ms", _mmm(s["scrape_p50_ms"]), ""))
+        rows.append(("scrape p99 ms", _mmm(s["scrape_p99_ms"]), _verdict(s["scrape_p99_ms"].get("budget"))))
+        rows.append(("agent CPU ms per scrape", _mmm(s["cpu_ms_per_scrape"]), ""))
+        rows.append(("agent RSS MB (peak)", f"{_mmm(s['rss_mb'])} ({s['rss_peak_mb']:.1f})", _verdict(s["rss_mb"].get("budget"))))
+        rows.append(("agent CPU % idle", _mmm(s["idle_cpu_percent"], 2), _verdict(s["idle_cpu_percent"].get("budget"))))
+        i = s["interval_15s_cpu_percent"]
+        rows.append(("agent CPU % at 15 s scrapes",
+                     f"{i['simulated']:.2f} simulated over {i['simulated_seconds']:g} s; {i['extrapolated']:.2f} extrapolated", ""))
+    if "events" in f:
+        e = f["events"]
+        if e.get("status") == "measured":
+            rows.append(("events/s decode+match (1 core)", _mmm(e["decode_match"], 0), _verdict(e["decode_match"]["budget"])))
+            rows.append(("events/s match only", _mmm(e["match_only"], 0), ""))
+        else:
+            rows.append(("events path", f"{e.get('status')}: {e.get('reason')}", ""))
+        k = e.get("kernel", {})
+        if k.get("status") == "measured":
+            d = k["dropped"]
+            rows.append(("events via kernel, all matching",
+                         f"{_fmt(k['delivered_per_cpu_second'], 0)}/agent-CPU-s, {_fmt(k['delivered_per_second'], 0)}/s "
+                         f"delivered of {_fmt(k['generated'] / k['generator_seconds'], 0)}/s generated",
+                         _verdict(k.get("budget"))))
+            rows.append(("  drops (accounted: %s)" % ("yes" if k["accounted"] else "NO"),
+                         ", ".join(f"{r} {int(n):,}" for r, n in d.items() if n) or "none", ""))
+        else:
+            rows.append(("events path through the kernel", f"{k.get('status')}: {k.get('reason', '')}", ""))
+    w = max(len(r[0]) for r in rows) if rows else 0
+    v = max(len(r[1]) for r in rows) if rows else 0
+    lines += [f"{a:<{w}}  {b:<{v}}  {c}".rstrip() for a, b, c in rows]
+    if res.get("errors"):
+        lines += ["", "errors:"] + [f"  {k}: {msg}" for k, msg in res["errors"].items()]
+    return "\n".join(lines)
+
+
+def verdicts(res: dict) -> dict[str, str]:
+    """Every budget judged in this run: name → PASS/MISS."""
+    out = {}
+
+    def walk(prefix: str, d):
+        if isinstance(d, dict):
+            b = d.get("budget")
+            if isinstance(b, dict) and b.get("verdict"):
+                out[prefix] = b["verdict"]
+            for k, v in d.items():
+                if k != "budget":
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+
+    walk("", res["figures"])
+    return out
+
+
+def write_json(res: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,124 @@
+"""`bench/run.py --quick` end to end: the plumbing works and the JSON holds
+every figure with sane values.  Not a timed test: nothing here judges speed
+or the budgets, only that the benchmark measured what it says it measured."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "latest.json"
+    before = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--output", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip() == before
+    return json.loads(out.read_text()), r.stdout
+
+
+def sane(s: dict, lo: float, hi: float) -> None:
+    assert s["n"] >= 1
+    assert lo <= s["min"] <= s["median"] <= s["max"] <= hi, s
+
+
+def test_machine_and_table(result):
+    res, stdout = result
+    m = res["machine"]
+    assert m["kernel"] and m["cpu_count"] >= 1 and m["date"].startswith("20")
+    assert set(res["figures"]) == {"throughput", "churn", "kernel_cost", "scale", "events"}
+    assert res["errors"] == {}
+    # The human table names every budget with its verdict.
+    for row in ("iperf3 on/off", "churn on/off", "scrape p99 ms", "agent RSS MB", "agent CPU % idle",
+                "network_ingress ns/run vs empty", "events/s decode+match"):
+        line = next(l for l in stdout.splitlines() if l.startswith(row))
+        assert "PASS" in line or "MISS" in line, line
+    assert set(res["verdicts"].values()) <= {"PASS", "MISS"} and len(res["verdicts"]) >= 8
+
+
+def test_off_on_ratios(result):
+    f = result[0]["figures"]
+    t, c = f["throughput"], f["churn"]
+    sane(t["off"], 0.05, 1000)  # Gbit/s
+    sane(t["on"], 0.05, 1000)
+    sane(c["off"], 50, 10_000_000)  # connections/s
+    sane(c["on"], 50, 10_000_000)
+    for fig in (t, c):
+        assert fig["ratio"]["median"] == pytest.approx(fig["on"]["median"] / fig["off"]["median"])
+        sane(fig["ratio"], 0.2, 5)
+
+
+def test_kernel_cost_has_podsight_and_floor_under_the_same_loads(result):
+    fig = result[0]["figures"]["kernel_cost"]
+    progs = fig["programs"]
+    for name in ("network_ingress", "network_egress", "tcp_state", "tcp_rtt", "tcp_send_reset",
+                 "tcp_receive_reset", "skb_drop"):
+        p = progs[name]
+        runs, floor = p["runs_per_repeat"]["median"], p["floor_runs_per_repeat"]["median"]
+        assert runs > 0 and floor > 0, name
+        sane(p["ns_per_run"], 1, 100_000)
+        sane(p["floor_ns_per_run"], 1, 100_000)
+        assert p["ratio"]["median"] == pytest.approx(p["ns_per_run"]["median"] / p["floor_ns_per_run"]["median"])
+    # 50 refused connects: each one a reset received by the client, on both sides' turns.
+    for side in ("podsight", "floor"):
+        refused = fig["turns"][side][0]["refused"]
+        prog = "tcp_receive_reset" if side == "podsight" else "empty_recv_reset"
+        assert refused[prog][0] >= 50, (side, refused[prog])
+    # BPF stats were on for the measurement only.
+    assert fig["bpf_stats_enabled_before"] == fig["bpf_stats_enabled_after"]
+    assert all("budget" in progs[n] for n in ("network_ingress", "network_egress", "tcp_rtt"))
+
+
+def test_scale_labels_every_pod_and_measures_the_agent(result):
+    s = result[0]["figures"]["scale"]
+    assert s["pods"] == 20 and s["kubernetes_metadata"] is True
+    assert s["pods_labelled"] == 20
+    assert s["series"] > 20 * 10  # every pod has network + TCP + histogram series
+    sane(s["scrape_p50_ms"], 0.1, 30_000)
+    assert s["scrape_p99_ms"]["median"] >= s["scrape_p50_ms"]["median"]
+    sane(s["rss_mb"], 5, 4096)
+    sane(s["idle_cpu_percent"], 0, 200)
+    assert s["interval_15s_cpu_percent"]["scrapes"] >= 1
+
+
+def test_events_path(result):
+    e = result[0]["figures"]["events"]
+    assert e["status"] == "measured"
+    assert e["matches_per_run"] > 0
+    sane(e["decode_match"], 100, 1e9)
+    k = e["kernel"]
+    assert k["status"] in ("pending", "measured"), k
+    if k["status"] == "measured":
+        # Every opened file is an event: delivered or dropped with a reason, none lost silently.
+        assert k["generated"] > 0 and k["delivered"] > 0
+        assert k["accounted"], k
+
+
+def test_nothing_left_behind(result):
+    import fcntl
+
+    from podsight.kernel.mounts import cgroup2_root
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from benchlib.env import LOCK
+
+    # Another benchmark may have started since ours ended: look while holding
+    # the lock every bench run holds, so what we see is leftovers, not its pods.
+    fd = os.open(LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert "psb-" not in netns
+        assert not (Path(cgroup2_root()) / "psbench").exists()
+    finally:
+        os.close(fd)

@@ -1,0 +1,40 @@
+"""Decoding security ring-buffer records (pure: records built with the shared layout)."""
+from __future__ import annotations
+
+import ctypes
+
+from podsight.kernel.layouts import SEC_ARGS_LEN, SecurityEvent
+from podsight.reader.events import decode
+
+
+def record(**fields) -> bytes:
+    e = SecurityEvent()
+    for k, v in fields.items():
+        if k == "args":
+            ctypes.memmove(ctypes.addressof(e) + SecurityEvent.args.offset, v, len(v))
+        elif k == "dst_addr":
+            for i, b in enumerate(v):
+                e.dst_addr[i] = b
+        else:
+            setattr(e, k, v)
+    return bytes(e)
+
+
+def test_exec_keeps_every_argument():
+    argv = b"sh\0-c\0echo hi\0"
+    ev = decode(record(kind=0, syscall=0, pid=7, path=b"/bin/sh", comm=b"sh", args=argv, args_len=len(argv)), 10)
+    assert ev.kind == "exec" and ev.exe == "/bin/sh" and ev.args == ["sh", "-c", "echo hi"]
+    assert not ev.args_truncated and ev.ts_ns == 10
+
+
+def test_truncated_argv_is_flagged():
+    argv = (b"a" * 100 + b"\0") * 6
+    ev = decode(record(kind=0, args=argv[:SEC_ARGS_LEN], args_len=len(argv)), 0)
+    assert ev.args_truncated and len(ev.args) == 6
+
+
+def test_connect_addresses():
+    v4 = decode(record(kind=4, family=2, dst_port=6443, dst_addr=bytes([10, 96, 0, 1])), 0)
+    assert (v4.dst_ip, v4.dst_port) == ("10.96.0.1", 6443)
+    v6 = decode(record(kind=4, family=10, dst_port=443, dst_addr=bytes(15) + b"\x01"), 0)
+    assert v6.dst_ip == "::1"
