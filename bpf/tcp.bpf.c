@@ -248,14 +248,17 @@ int tcp_receive_reset(struct trace_event_raw_tcp_event_sk *ctx)
 	return 0;
 }
 
-SEC("tracepoint/tcp/tcp_probe")
-int tcp_rtt(struct trace_event_raw_tcp_probe *ctx)
+/* A raw tracepoint on tcp_probe (args: struct sock *, struct sk_buff *): it
+ * fires for every segment received on an established socket, and the classic
+ * tracepoint would first fill its whole record (addresses, windows, ...) for
+ * us to read one field.  Here we read tcp_sock.srtt_us only when sampling. */
+SEC("raw_tp/tcp_probe")
+int tcp_rtt(struct bpf_raw_tracepoint_args *ctx)
 {
-	/* Fires for every segment received on an established socket: keep the
-	 * common path to one hash lookup and a time comparison. */
-	__u64 skey = (__u64)ctx->skaddr;	/* a direct ctx load: no probe-read helper call */
+	const struct sock *sk = (const struct sock *)ctx->args[0];
+	__u64 skey = (__u64)sk;
 	/* bpf_ktime_get_coarse_ns() would do for a one-second limit and cost
-	 * less, but tracepoint programs may not call it (6.18). */
+	 * less, but tracing programs may not call it (6.18). */
 	__u64 now = bpf_ktime_get_ns();
 	struct sock_state *st = bpf_map_lookup_elem(&tcp_socks, &skey);
 
@@ -269,8 +272,10 @@ int tcp_rtt(struct trace_event_raw_tcp_probe *ctx)
 
 		bpf_map_update_elem(&tcp_socks, &skey, &fresh, BPF_NOEXIST);
 	}
-	/* ctx->srtt is tp->srtt_us >> 3: microseconds. */
-	observe(sk_cgroup_id((const struct sock *)skey), HIST_SRTT, ctx->srtt);
+	/* srtt_us holds 8 x the smoothed RTT in microseconds. */
+	__u32 srtt8 = BPF_CORE_READ((const struct tcp_sock *)sk, srtt_us);
+
+	observe(sk_cgroup_id(sk), HIST_SRTT, srtt8 >> 3);
 	return 0;
 }
 

@@ -47,7 +47,7 @@ int empty_recv_reset(void *ctx)
 	return 0;
 }
 
-SEC("tracepoint/tcp/tcp_probe")
+SEC("raw_tp/tcp_probe")
 int empty_rtt(void *ctx)
 {
 	return 0;
