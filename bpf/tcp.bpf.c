@@ -66,9 +66,9 @@ struct {
  * (vmlinux.h); fields are CO-RE relocated, and fields that newer kernels
  * added are guarded with bpf_core_field_exists(). */
 
-/* Before 5.15 (commit 8520e224f547 "bpf, cgroups: Fix cgroup v2 fallback on
- * v1/v2 mixed mode") sock_cgroup_data packed the cgroup pointer into a u64
- * whose low bit flagged v1 data; now it is a plain pointer. */
+/* Before 5.15 ("bpf, cgroups: Fix cgroup v2 fallback on v1/v2 mixed mode")
+ * sock_cgroup_data packed the cgroup pointer into a u64 whose low bit
+ * flagged v1 data; now it is a plain pointer. */
 struct sock_cgroup_data___old {
 	__u64 val;
 };
@@ -137,17 +137,29 @@ static __always_inline void observe(__u64 cgid, __u32 kind, __u64 value)
 	__sync_fetch_and_add(&h->sum, value);
 }
 
-SEC("tracepoint/sock/inet_sock_set_state")
-int tcp_state(struct trace_event_raw_inet_sock_set_state *ctx)
+/* Raw tracepoint (args: sk, oldstate, newstate): a connection changes state
+ * ~10 times, and the classic tracepoint would fill its record (addresses,
+ * ports) each time for transitions we mostly ignore. */
+SEC("raw_tp/inet_sock_set_state")
+int tcp_state(struct bpf_raw_tracepoint_args *ctx)
 {
-	if (ctx->protocol != IPPROTO_TCP)
+	const struct sock *sk = (const struct sock *)ctx->args[0];
+	int old = ctx->args[1], new = ctx->args[2];
+
+	/* The transitions we count, before touching the socket. */
+	if (!(new == TCP_CLOSE || (old == TCP_CLOSE && new == TCP_SYN_SENT) ||
+	      (new == TCP_ESTABLISHED && (old == TCP_SYN_SENT || old == TCP_SYN_RECV))))
 		return 0;
-	if (ctx->family != AF_INET && ctx->family != AF_INET6)
+	/* sk_protocol was a bitfield before 5.6 ("sock: Make sk_protocol a
+	 * 16-bit value", for MPTCP): the probed bitfield read fits both. */
+	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	if (family != AF_INET && family != AF_INET6)
 		return 0;
 
-	const struct sock *sk = ctx->skaddr;
 	__u64 skey = (__u64)sk;
-	int old = ctx->oldstate, new = ctx->newstate;
 	__u64 cgid;
 	struct tcp_counters *c;
 	struct sock_state *st;

@@ -41,7 +41,7 @@ FLOOR = {
 PER_PACKET = ("network_ingress", "network_egress", "tcp_rtt")
 HOOKS = {
     "network_ingress": "cgroup_skb/ingress", "network_egress": "cgroup_skb/egress",
-    "tcp_rtt": "raw_tp tcp_probe", "tcp_state": "tracepoint sock/inet_sock_set_state",
+    "tcp_rtt": "raw_tp tcp_probe", "tcp_state": "raw_tp inet_sock_set_state",
     "tcp_retransmit": "tracepoint tcp/tcp_retransmit_skb", "tcp_send_reset": "tracepoint tcp/tcp_send_reset",
     "tcp_receive_reset": "tracepoint tcp/tcp_receive_reset", "skb_drop": "tracepoint skb/kfree_skb",
 }

@@ -23,7 +23,7 @@ int empty_egress(struct __sk_buff *skb)
 	return 1;
 }
 
-SEC("tracepoint/sock/inet_sock_set_state")
+SEC("raw_tp/inet_sock_set_state")
 int empty_state(void *ctx)
 {
 	return 0;

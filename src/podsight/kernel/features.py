@@ -64,7 +64,7 @@ def run_checks() -> list[Check]:
     for kind, core, why in (
         ("cgroup_skb", True, "network probe"),
         ("tracepoint", False, "tcp and security probes"),
-        ("raw_tracepoint", False, "optional"),
+        ("raw_tracepoint", False, "tcp probe (inet_sock_set_state, tcp_probe)"),
         ("kprobe", False, "optional, never required"),
         ("tracing", False, "fentry/tp_btf, optional, never required"),
     ):
