@@ -86,6 +86,21 @@ class Process:
         self._log_file.close()
 
 
+def start_service(binary: str, workdir: Path, config: dict, url: str, args: list[str]) -> tuple[Path, "Process"]:
+    """Write ``config`` as YAML in ``workdir``, start ``binary`` on it, wait for /-/ready."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_file = workdir / f"{binary}.yml"
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    process = Process(binary, [prom_tools.require(binary), f"--config.file={config_file}", *args, "--log.level=info"],
+                      workdir / f"{binary}.log")
+    try:
+        process.wait_ready(f"{url}/-/ready")
+    except Exception:
+        process.stop()
+        raise
+    return config_file, process
+
+
 class Prometheus:
     def __init__(self, workdir: Path, scrape_jobs: dict[str, list[str]], rule_dirs: list[Path],
                  alertmanager: str | None, scrape_self: bool = False) -> None:
@@ -107,22 +122,10 @@ class Prometheus:
         if alertmanager:
             config["alerting"] = {"alertmanagers": [
                 {"api_version": "v2", "static_configs": [{"targets": [alertmanager]}]}]}
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.config_file = workdir / "prometheus.yml"
-        self.config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.process = Process("prometheus", [
-            prom_tools.require("prometheus"),
-            f"--config.file={self.config_file}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
-            "--rules.alert.resend-delay=1s",
-            "--log.level=info",
-        ], workdir / "prometheus.log")
-        try:
-            self.process.wait_ready(f"{self.url}/-/ready")
-        except Exception:
-            self.process.stop()
-            raise
+        self.config_file, self.process = start_service(
+            "prometheus", workdir, config, self.url,
+            [f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+             "--rules.alert.resend-delay=1s"])
 
     def stop(self) -> None:
         self.process.stop()
@@ -198,23 +201,11 @@ class Alertmanager:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.address = f"127.0.0.1:{self.port}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.config_file = workdir / "alertmanager.yml"
-        self.config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.process = Process("alertmanager", [
-            prom_tools.require("prometheus-alertmanager"),
-            f"--config.file={self.config_file}",
-            f"--storage.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
-            # An empty address disables the gossip cluster (it would bind 0.0.0.0:9094).
-            "--cluster.listen-address=",
-            "--log.level=info",
-        ], workdir / "alertmanager.log")
-        try:
-            self.process.wait_ready(f"{self.url}/-/ready")
-        except Exception:
-            self.process.stop()
-            raise
+        self.config_file, self.process = start_service(
+            "prometheus-alertmanager", workdir, config, self.url,
+            [f"--storage.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+             # An empty address disables the gossip cluster (it would bind 0.0.0.0:9094).
+             "--cluster.listen-address="])
 
     def stop(self) -> None:
         self.process.stop()
