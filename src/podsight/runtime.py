@@ -73,23 +73,27 @@ class Runtime:
         from .security.kernel_filter import kernel_filter
         from .security.rules import RuleError, config_lists, load_rules
 
+        from .exporters.events import EventSink, ProcessInfo
+
         try:
             self.rules = load_rules(self.cfg.security.rules_files, config_lists(self.cfg))
         except RuleError as e:
             raise StartupError(f"security rules: {e}") from None
+        out = self.cfg.security.output
+        try:
+            self.sink = EventSink(self.rules, self.agent.identity_of, ProcessInfo(self.cfg.security.proc_root),
+                                  stdout=out.stdout, file=out.file)
+        except OSError as e:
+            raise StartupError(f"security.output.file {out.file!r}: {e.strerror}") from None
         self.security_probe = SecurityProbe(kernel_filter(self.rules))
         self.agent.probes["security"] = self.security_probe
 
     def _start_security(self) -> None:
-        from .exporters.events import EventSink, ProcessInfo
         from .reader.events import EventReader
 
         probe = self.security_probe
         if probe is None or not probe.up:
             return
-        out = self.cfg.security.output
-        self.sink = EventSink(self.rules, self.agent.identity_of, ProcessInfo(self.cfg.security.proc_root),
-                              stdout=out.stdout, file=out.file)
         probe.set_pod_roots(self.agent.pod_roots())
         self.agent.after_scan.append(lambda: probe.set_pod_roots(self.agent.pod_roots()))
         self.events = EventReader(probe.obj.maps["security_events"].fd, self.sink.handle)

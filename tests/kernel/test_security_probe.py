@@ -232,3 +232,16 @@ def test_events_are_json_lines_with_the_schema(node):
     assert shell["process"]["args"][:2] == ["sh", "-c"] and "mysql" in shell["process"]["args"][2], shell
     # ... and the password did not.
     assert all("hunter2secret" not in line for line in agent.stdout)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("security:\n  enabled: true\n  output:\n    file: /nonexistent/dir/events.jsonl\n", "security.output.file"),
+    ("security:\n  enabled: true\n  rules_files: [/nonexistent/rules.yaml]\n", "/nonexistent/rules.yaml"),
+])
+def test_unusable_security_setup_exits_before_attaching(tmp_path, text, needle):
+    cfg = tmp_path / "podsight.yaml"
+    cfg.write_text(text)
+    env = {**os.environ, "PODSIGHT_LIBBPF": "/nonexistent/libbpf.so"}
+    r = subprocess.run([sys.executable, "-m", "podsight.cli", "run", "--config", str(cfg), "--listen", "127.0.0.1:0"],
+                       capture_output=True, text=True, env=env, timeout=30)
+    assert r.returncode != 0 and needle in r.stderr, r.stderr
