@@ -333,13 +333,19 @@ class Compiler:
 
     # -- predicates (one closure per test) -----------------------------------
     @staticmethod
-    def _pred_str(op, values, get):
+    def _membership(op, values, get):
+        """eq/in/not_in, shared by every field type that has them; None for other operators."""
+        s = frozenset(values)
         if op in ("eq", "in"):
-            s = frozenset(values)
             return lambda v: get(v) in s
         if op == "not_in":
-            s = frozenset(values)
             return lambda v: get(v) not in s
+        return None
+
+    @staticmethod
+    def _pred_str(op, values, get):
+        if (pred := Compiler._membership(op, values, get)) is not None:
+            return pred
         if op == "prefix":
             t = tuple(values)
             return lambda v: get(v).startswith(t)
@@ -361,12 +367,8 @@ class Compiler:
 
     @staticmethod
     def _pred_int(op, values, get):
-        if op in ("eq", "in"):
-            s = frozenset(values)
-            return lambda v: get(v) in s
-        if op == "not_in":
-            s = frozenset(values)
-            return lambda v: get(v) not in s
+        if (pred := Compiler._membership(op, values, get)) is not None:
+            return pred
         x = values[0]
         return {
             "lt": lambda v: get(v) < x,
