@@ -109,3 +109,16 @@ def test_check_reports_this_kernel():
     for needed in ("[ok ] kernel BTF", "[ok ] cgroup v2", "[ok ] program type cgroup_skb",
                    "[ok ] tracepoint sock/inet_sock_set_state", "podsight can run on this kernel"):
         assert needed in r.stdout, r.stdout
+
+
+def test_rules_check_command(tmp_path):
+    from podsight.security import DEFAULT_RULES_PATH
+
+    ok = subprocess.run([sys.executable, "-m", "podsight.cli", "rules", "check", str(DEFAULT_RULES_PATH)],
+                        capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0 and ok.stdout.startswith("OK: 9 rules"), ok.stdout + ok.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - name: x\n    event: exex\n    condition: {in_pod: true}\n    severity: warning\n")
+    r = subprocess.run([sys.executable, "-m", "podsight.cli", "rules", "check", str(bad)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and f"{bad}:3" in r.stderr and "exex" in r.stderr, r.stderr
