@@ -22,10 +22,10 @@ import prom_tools
 from tests.support.agent import AgentProcess
 from tests.support.apiserver import PodApiServer, make_pod, start_container, write_kubeconfig
 from tests.support.pods import sh
+from tests.support.traffic import NETPROG
 
 pytestmark = pytest.mark.root
 
-NETPROG = str(Path(__file__).resolve().parents[1] / "support" / "netprog.py")
 CRITICAL_SHELL_RULE = Path(__file__).with_name("critical-shell-rule.yaml")
 NODE = "node-a"
 NAMESPACE = "dash-e2e"

@@ -30,7 +30,7 @@ def test_buckets_fold_the_edges_and_count_everything():
     b = Buckets(1e-6, 4, 22)
     slots = [0] * 32
     slots[0], slots[3], slots[4], slots[10], slots[23], slots[31] = 1, 2, 3, 4, 5, 6
-    cum = b.cumulative(slots)
+    cum = list(zip(b.les, b.cumulative_counts(slots)))
     assert cum[0] == ("1.6e-05", 1 + 2 + 3)  # slots 0..4 are all <= 16 us
     assert cum[-2][1] == 1 + 2 + 3 + 4 and cum[-1] == ("+Inf", sum(slots))
     assert [c for _, c in cum] == sorted(c for _, c in cum)

@@ -45,7 +45,7 @@ CASES = [
 
 JUNK = [
     "", "//", "kubepods", f"/kubepods.slice/kubepods-burstable-pod{UID_}",  # no .slice suffix
-    f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podNOTAUID.slice",
+    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podNOTAUID.slice",
     f"/kubepods/burstable/pod{UID_}/{CID}",  # underscores are systemd-only
     f"/elsewhere/pod{UID}/{CID}",  # a pod-like name outside kubepods
     f"/kubepods/weird/pod{UID}/{CID}",  # unknown QoS level

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.agent import AgentProcess
 from tests.support.apiserver import PodApiServer, make_pod, start_container, write_kubeconfig
-from tests.support.traffic import SEND, SINK
+from tests.support.traffic import transfer as send
 
 pytestmark = pytest.mark.root
 
@@ -42,14 +42,6 @@ def agent_for(api, extra: str = "") -> AgentProcess:
     cfg = f"kubernetes:\n  enabled: \"true\"\n  kubeconfig: {api.kubeconfig}\n{extra}"
     return AgentProcess("--node-name", NODE, config=cfg)
 
-
-def send(a, b, nbytes: int, port: int) -> None:
-    """Exactly ``nbytes`` from pod a to a sink in pod b (which reads them all)."""
-    sink = b.run(sys.executable, "-c", SINK, b.ip, str(port), text=True)
-    assert sink.stdout.readline().strip() == "listening"
-    c = a.run(sys.executable, "-c", SEND, b.ip, str(port), str(nbytes), text=True)
-    assert c.wait(30) == 0, c.stderr.read()
-    assert int(sink.stdout.readline()) == nbytes
 
 
 def test_labels_match_the_served_objects(node, api):

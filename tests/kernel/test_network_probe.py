@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from tests.support.agent import AgentProcess
-from tests.support.traffic import PYTHON, SEND, SINK
+from tests.support.traffic import PYTHON, transfer
 
 pytestmark = pytest.mark.root
 
@@ -18,20 +18,12 @@ PAYLOAD = 1_000_003
 MAX_HDR = 80
 
 
-def _transfer(a, b, port: int = 5201) -> None:
-    sink = b.run(PYTHON, "-c", SINK, b.ip, str(port), text=True)
-    assert sink.stdout.readline().strip() == "listening"
-    send = a.run(PYTHON, "-c", SEND, b.ip, str(port), str(PAYLOAD), text=True)
-    assert send.wait(30) == 0, send.stderr.read()
-    assert int(sink.stdout.readline()) == PAYLOAD  # every byte really crossed
-    sink.wait(10)
-
 
 def test_bytes_match_payload_and_interface_counters(node):
     a, b = node.pod("a"), node.pod("b")
     with AgentProcess() as agent:
         dev_a0, dev_b0 = a.netdev(), b.netdev()
-        _transfer(a, b)
+        transfer(a, b, PAYLOAD, 5201)
         dev_a, dev_b = a.netdev(), b.netdev()
 
         def seen(s):

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent import AgentProcess
+from tests.support.traffic import NETPROG
 
 pytestmark = pytest.mark.root
 
-NETPROG = str(Path(__file__).resolve().parents[1] / "support" / "netprog.py")
 TOKEN_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 PTRACE = r"""

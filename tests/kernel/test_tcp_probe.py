@@ -3,18 +3,16 @@ the kernel's own counters (nstat, ss -ti)."""
 from __future__ import annotations
 
 import re
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.support.agent import AgentProcess
+from tests.support.traffic import NETPROG
 from tests.support.pods import sh
 
 pytestmark = pytest.mark.root
 
-NETPROG = str(Path(__file__).resolve().parents[1] / "support" / "netprog.py")
 PY = "python3"
 FAST_RTT = "probes:\n  tcp:\n    srtt_sample_interval: 100ms\n"
 

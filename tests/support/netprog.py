@@ -5,6 +5,8 @@
   refused HOST PORT N            N connects expected to fail; print how many failed
   hold HOST PORT SECONDS GAP     one connection exchanging 1-byte ping/pong every GAP s; print "open" once up
   download HOST PORT BYTES       connect, read BYTES bytes, close; print the count
+  sink HOST PORT                 accept one connection, read to EOF (no echo), print the byte count
+  send HOST PORT BYTES           connect, send exactly BYTES, wait for the peer to close; print BYTES
 """
 import socket
 import sys
@@ -80,5 +82,36 @@ def download(host, port, nbytes):
     print(got, flush=True)
 
 
+def sink(host, port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, int(port)))
+    s.listen(8)
+    print("listening", flush=True)
+    c, _ = s.accept()
+    n = 0
+    while True:
+        b = c.recv(1 << 16)
+        if not b:
+            break
+        n += len(b)
+    c.close()
+    print(n, flush=True)
+
+
+def send(host, port, nbytes):
+    c = socket.create_connection((host, int(port)), timeout=10)
+    buf = b"p" * 65536
+    left = int(nbytes)
+    while left:
+        left -= c.send(buf[: min(left, len(buf))])
+    c.shutdown(socket.SHUT_WR)
+    c.recv(1)
+    c.close()
+    print(nbytes, flush=True)
+
+
 if __name__ == "__main__":
-    {"serve": serve, "connect": connect, "refused": refused, "hold": hold, "download": download}[sys.argv[1]](*sys.argv[2:])
+    modes = {"serve": serve, "connect": connect, "refused": refused, "hold": hold, "download": download,
+             "sink": sink, "send": send}
+    modes[sys.argv[1]](*sys.argv[2:])

@@ -1,32 +1,20 @@
-"""Traffic with exact, known byte counts between simulated pods."""
+"""Traffic with exact, known byte counts between simulated pods (programs in netprog.py)."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-__all__ = ["SINK", "SEND"]
+__all__ = ["NETPROG", "PYTHON", "transfer"]
 
-# Accepts one connection, reads to EOF, prints how many bytes arrived.
-SINK = r"""
-import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(8)
-print("listening", flush=True)
-c, _ = s.accept(); n = 0
-while True:
-    b = c.recv(1 << 16)
-    if not b: break
-    n += len(b)
-c.close(); print(n, flush=True)
-"""
-
-# Connects, sends exactly N bytes, waits for the peer to close.
-SEND = r"""
-import socket, sys
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
-n = int(sys.argv[3]); buf = b"p" * 65536; left = n
-while left:
-    left -= c.send(buf[:min(left, len(buf))])
-c.shutdown(socket.SHUT_WR); c.recv(1); c.close(); print(n, flush=True)
-"""
-
+NETPROG = str(Path(__file__).with_name("netprog.py"))
 PYTHON = sys.executable
+
+
+def transfer(a, b, nbytes: int, port: int) -> None:
+    """Exactly ``nbytes`` from pod a to a sink in pod b, which checks it read them all."""
+    sink = b.run(PYTHON, NETPROG, "sink", b.ip, str(port), text=True)
+    assert sink.stdout.readline().strip() == "listening", sink.stderr.read()
+    send = a.run(PYTHON, NETPROG, "send", b.ip, str(port), str(nbytes), text=True)
+    assert send.wait(30) == 0, send.stderr.read()
+    assert int(sink.stdout.readline()) == nbytes  # every byte really crossed
+    sink.wait(10)

@@ -122,6 +122,3 @@ class CgroupResolver:
             ):
                 out.append((info.cgroup_id, len(parts)))
         return sorted(out)
-
-    def __len__(self) -> int:
-        return len(self._by_id)

@@ -144,9 +144,6 @@ class Map:
         """Write one entry (only for small control maps the agent owns, e.g. pod_roots)."""
         check_int("bpf_map_update_elem", lib.bpf_map_update_elem(self.fd, key, value, 0), self.name)
 
-    def __len__(self) -> int:
-        return sum(1 for _ in self.keys())
-
     def keys(self) -> Iterator[bytes]:
         key = ctypes.create_string_buffer(self.key_size)
         nxt = ctypes.create_string_buffer(self.key_size)
@@ -172,7 +169,6 @@ class BpfObject:
         )
         self.links: list[Link] = []
         self.maps: dict[str, Map] = {}
-        self._loaded = False
 
     # -- before load -------------------------------------------------------
     def _programs(self) -> Iterator[tuple[str, int]]:
@@ -225,18 +221,11 @@ class BpfObject:
 
     def load(self) -> None:
         check_int("bpf_object__load", lib.bpf_object__load(self._obj), str(self.path))
-        self._loaded = True
         for name, ptr in self._map_ptrs():
             if "." not in name:  # .rodata, .bss, .rodata.config: internal
                 self.maps[name] = Map(ptr)
 
     # -- after load --------------------------------------------------------
-    def program_fd(self, prog_name: str) -> int:
-        for name, prog in self._programs():
-            if name == prog_name:
-                return lib.bpf_program__fd(prog)
-        raise KeyError(prog_name)
-
     def loaded_programs(self) -> dict[str, int]:
         """Program name → fd, for programs that were loaded."""
         return {n: lib.bpf_program__fd(p) for n, p in self._programs() if lib.bpf_program__fd(p) >= 0}

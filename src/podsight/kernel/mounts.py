@@ -16,7 +16,6 @@ __all__ = ["MountError", "Mount", "mounts", "cgroup2_root", "ensure_mounted", "t
 log = logging.getLogger("podsight.mounts")
 
 TRACEFS_PATHS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
-BPFFS_PATH = "/sys/fs/bpf"
 
 
 class MountError(RuntimeError):

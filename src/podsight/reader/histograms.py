@@ -25,9 +25,6 @@ class Buckets:
         counts.append(counts[-1] + sum(slots[self.hi + 1 :]))
         return counts
 
-    def cumulative(self, slots) -> list[tuple[str, int]]:
-        return list(zip(self.les, self.cumulative_counts(slots)))
-
 
 def _le(x: float) -> str:
     return f"{x:.9g}"
