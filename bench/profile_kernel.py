@@ -64,7 +64,12 @@ def _perf_symbols(data: str) -> dict[str, float]:
     return syms
 
 
-def variants(tools, seconds: float, rounds: int = 3) -> int:
+VARIANTS = ("v1_cgroup_id", "v2_hash_lookup", "v3_plain_add", "v4_atomic_add", "v5_array_add",
+            "v6_sk_plain", "v7_sk_atomic", "v8_sk_atomic_in",
+            "t1_core_read", "t2_direct_read", "t3_ktime", "t4_raw_tp", "t5_btf_sk_storage", "t6_btf_sk_lookup")
+
+
+def variants(tools, seconds: float, rounds: int = 3, only: list[str] | None = None, loads=("iperf3", "churn")) -> int:
     """ns/run of each step of bench/bpf/variants.bpf.c, each alone on its hook,
     next to podsight's programs and the floor, under iperf3 + churn."""
     from benchlib.machine import bpf_stats
@@ -76,14 +81,17 @@ def variants(tools, seconds: float, rounds: int = 3) -> int:
         env.wait_listen(server, 5204)
 
         def load() -> None:
-            c = client.run("iperf3", "-c", server.ip, "-p", "5204", "-t", f"{seconds:g}", stdout=subprocess.DEVNULL)
-            c.wait()
-            churn.wrk(client, server, seconds)
+            if "iperf3" in loads:
+                c = client.run("iperf3", "-c", server.ip, "-p", "5204", "-t", f"{seconds:g}", stdout=subprocess.DEVNULL)
+                c.wait()
+            if "churn" in loads:
+                churn.wrk(client, server, seconds)
 
         sets = [("podsight", kernel_cost.podsight_programs),
-                ("empty", lambda: kernel_cost.floor_programs(tools["empty_dir"], "empty", ("empty_egress", "empty_rtt")))]
-        for v in ("v1_cgroup_id", "v2_hash_lookup", "v3_plain_add", "v4_atomic_add", "v5_array_add",
-                  "t1_core_read", "t2_direct_read", "t3_ktime", "t4_raw_tp", "t5_btf_sk_storage", "t6_btf_sk_lookup"):
+                ("empty", lambda: kernel_cost.floor_programs(tools["empty_dir"], "empty", ("empty_egress", "empty_ingress", "empty_rtt")))]
+        for v in VARIANTS:
+            if only and v not in only:
+                continue
             sets.append((v, lambda v=v: kernel_cost.floor_programs(tools["empty_dir"], "variants", (v,))))
         rows: dict[str, list[float]] = collections.defaultdict(list)
         with bpf_stats():
@@ -100,9 +108,7 @@ def variants(tools, seconds: float, rounds: int = 3) -> int:
 
     rows = {k: (statistics.median(v), min(v), max(v)) for k, v in rows.items()}
     print(f"{'program (alone on its hook)':<28} ns/run median [min..max] over {rounds} rounds")
-    for name in ("empty_egress", "v1_cgroup_id", "v2_hash_lookup", "v3_plain_add", "v4_atomic_add", "v5_array_add",
-                 "network_egress", "network_ingress", "empty_rtt", "t1_core_read", "t2_direct_read", "t3_ktime",
-                 "t4_raw_tp", "t5_btf_sk_storage", "t6_btf_sk_lookup", "tcp_rtt"):
+    for name in ("empty_egress", "empty_ingress", "network_egress", "network_ingress", "empty_rtt", "tcp_rtt", *VARIANTS):
         if name in rows:
             print(f"{name:<28} {rows[name][0]:6.1f} [{rows[name][1]:.1f}..{rows[name][2]:.1f}]")
     return 0
@@ -111,14 +117,17 @@ def variants(tools, seconds: float, rounds: int = 3) -> int:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--seconds", type=float, default=5)
-    p.add_argument("--load", choices=("iperf3", "churn"), default="iperf3")
+    p.add_argument("--load", choices=("iperf3", "churn"),
+                   help="the load (default: iperf3; with --variants: both, one after the other)")
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--variants", action="store_true",
                    help="instead: BPF stats of bench/bpf/variants.bpf.c, step by step, under iperf3 + churn")
+    p.add_argument("--only", nargs="+", metavar="VARIANT", help=f"with --variants: only these ({', '.join(VARIANTS)})")
     a = p.parse_args()
+    a.load = a.load if a.load or a.variants else "iperf3"
     tools = env.build_tools()
     if a.variants:
-        return variants(tools, a.seconds)
+        return variants(tools, a.seconds, only=a.only, loads=(a.load,) if a.load else ("iperf3", "churn"))
     with env.bench_node() as node:
         client = node.pod(env.pod_name("pkc"))
         server = churn.serve(node, tools["httpd"])

@@ -55,11 +55,6 @@ struct drop_key {
 	__u32 pad;
 };
 
-/* Load-time knobs of tcp.bpf.c (the object's only .rodata variable). */
-struct tcp_config {
-	__u64 srtt_sample_interval_ns;
-};
-
 /* ---- security events (security.bpf.c) ---- */
 
 #define SEC_COMM_LEN 16

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * TCP health per cgroup, from stable tracepoints only: connection lifecycle
- * (sock:inet_sock_set_state), retransmits, resets, RTT samples (tcp:tcp_probe)
- * and drops with the kernel's reason (skb:kfree_skb).
+ * (sock:inet_sock_set_state), retransmits, resets and drops with the
+ * kernel's reason (skb:kfree_skb); RTT samples from an iterator over the
+ * connections we track, not from a per-segment hook.
  *
  * Every event is charged to the *socket's* cgroup: most of these fire in
  * softirq context, where the current task has nothing to do with the socket.
@@ -10,6 +11,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
 #include "podsight.h"
 #include "maps.bpf.h"
 
@@ -18,10 +20,6 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
-
-/* Its own section, so it is the whole of one .rodata map whatever else the
- * compiler puts in .rodata. */
-const volatile struct tcp_config cfg SEC(".rodata.config") = {};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -46,19 +44,19 @@ struct {
 	__type(value, __u64);
 } network_drops SEC(".maps");
 
-/* Per-socket state the kernel does not keep for us.  LRU: a socket whose
- * close we never see (agent restarted) ages out instead of leaking. */
+/* Per-socket state the kernel does not keep for us, in socket-local
+ * storage: found by a pointer from the socket and freed with it, so a close
+ * we never saw (agent restarted) leaks nothing. */
 struct sock_state {
 	__u64 syn_sent_ns;	/* 0: not an outbound handshake we saw start */
-	__u64 last_srtt_ns;	/* last RTT sample, for the per-socket rate limit */
 	__u32 established;	/* we counted its open, so we count its close */
-	__u32 pad;
+	__u32 last_segs_in;	/* tcp_sock.segs_in at the last RTT sample */
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct sock_state);
 } tcp_socks SEC(".maps");
 
@@ -92,6 +90,18 @@ static __always_inline __u64 sk_cgroup_id(const struct sock *sk)
 	if (!cg)
 		return 0;
 	return BPF_CORE_READ(cg, kn, id);
+}
+
+/* The same for a BTF-typed socket (tp_btf, iterators): plain loads the
+ * verifier guards, instead of a probe-read helper call per pointer. */
+static __always_inline __u64 btf_sk_cgroup_id(struct sock *sk)
+{
+	if (bpf_core_field_exists(struct sock_cgroup_data, cgroup)) {
+		struct cgroup *cg = sk->sk_cgrp_data.cgroup;
+
+		return cg ? cg->kn->id : 0;
+	}
+	return sk_cgroup_id(sk);
 }
 
 static __always_inline struct tcp_counters *counters(__u64 cgid)
@@ -137,45 +147,42 @@ static __always_inline void observe(__u64 cgid, __u32 kind, __u64 value)
 	__sync_fetch_and_add(&h->sum, value);
 }
 
-/* Raw tracepoint (args: sk, oldstate, newstate): a connection changes state
- * ~10 times, and the classic tracepoint would fill its record (addresses,
- * ports) each time for transitions we mostly ignore. */
-SEC("raw_tp/inet_sock_set_state")
-int tcp_state(struct bpf_raw_tracepoint_args *ctx)
+/* A BTF tracepoint: the kernel's own arguments, no classic record to fill
+ * on each of a connection's ~10 state changes, and socket storage. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(tcp_state, struct sock *sk, int old, int new)
 {
-	const struct sock *sk = (const struct sock *)ctx->args[0];
-	int old = ctx->args[1], new = ctx->args[2];
-
 	/* The transitions we count, before touching the socket. */
 	if (!(new == TCP_CLOSE || (old == TCP_CLOSE && new == TCP_SYN_SENT) ||
 	      (new == TCP_ESTABLISHED && (old == TCP_SYN_SENT || old == TCP_SYN_RECV))))
 		return 0;
 	/* sk_protocol was a bitfield before 5.6 ("sock: Make sk_protocol a
-	 * 16-bit value", for MPTCP): the probed bitfield read fits both. */
-	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) != IPPROTO_TCP)
+	 * 16-bit value", for MPTCP): the bitfield read fits both. */
+	if (BPF_CORE_READ_BITFIELD(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 family = sk->__sk_common.skc_family;
 
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
 
-	__u64 skey = (__u64)sk;
 	__u64 cgid;
 	struct tcp_counters *c;
 	struct sock_state *st;
 
 	if (old == TCP_CLOSE && new == TCP_SYN_SENT) {
-		struct sock_state fresh = { .syn_sent_ns = bpf_ktime_get_ns() };
-
-		bpf_map_update_elem(&tcp_socks, &skey, &fresh, BPF_ANY);
+		st = bpf_sk_storage_get(&tcp_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (st) {
+			st->syn_sent_ns = bpf_ktime_get_ns();
+			st->established = 0;
+		}
 		return 0;
 	}
 	if (new == TCP_ESTABLISHED && (old == TCP_SYN_SENT || old == TCP_SYN_RECV)) {
-		cgid = sk_cgroup_id(sk);	/* three kernel reads: only for transitions we count */
+		cgid = btf_sk_cgroup_id(sk);	/* only for transitions we count */
 		c = counters(cgid);
 		if (!c)
 			return 0;
-		st = bpf_map_lookup_elem(&tcp_socks, &skey);
+		st = bpf_sk_storage_get(&tcp_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (old == TCP_SYN_SENT) {
 			__sync_fetch_and_add(&c->opened_outbound, 1);
 			if (st && st->syn_sent_ns)
@@ -183,33 +190,26 @@ int tcp_state(struct bpf_raw_tracepoint_args *ctx)
 		} else {
 			__sync_fetch_and_add(&c->opened_inbound, 1);
 		}
-		if (st) {
+		if (st)
 			st->established = 1;
-		} else {
-			struct sock_state fresh = { .established = 1 };
-
-			bpf_map_update_elem(&tcp_socks, &skey, &fresh, BPF_ANY);
-		}
 		return 0;
 	}
-	if (new != TCP_CLOSE)
-		return 0;
 
-	c = counters(sk_cgroup_id(sk));
+	c = counters(btf_sk_cgroup_id(sk));
+	st = bpf_sk_storage_get(&tcp_socks, sk, 0, 0);
 	if (c) {
 		if (old == TCP_SYN_SENT) {
 			__sync_fetch_and_add(&c->failed_outbound, 1);
 		} else if (old == TCP_SYN_RECV) {
 			__sync_fetch_and_add(&c->failed_inbound, 1);
-		} else {
+		} else if (st && st->established) {
 			/* Only closes of connections whose open we counted, so
 			 * that opened - closed is the number still active. */
-			st = bpf_map_lookup_elem(&tcp_socks, &skey);
-			if (st && st->established)
-				__sync_fetch_and_add(&c->closed, 1);
+			__sync_fetch_and_add(&c->closed, 1);
 		}
 	}
-	bpf_map_delete_elem(&tcp_socks, &skey);
+	if (st)
+		bpf_sk_storage_delete(&tcp_socks, sk);
 	return 0;
 }
 
@@ -260,34 +260,29 @@ int tcp_receive_reset(struct trace_event_raw_tcp_event_sk *ctx)
 	return 0;
 }
 
-/* A raw tracepoint on tcp_probe (args: struct sock *, struct sk_buff *): it
- * fires for every segment received on an established socket, and the classic
- * tracepoint would first fill its whole record (addresses, windows, ...) for
- * us to read one field.  Here we read tcp_sock.srtt_us only when sampling. */
-SEC("raw_tp/tcp_probe")
-int tcp_rtt(struct bpf_raw_tracepoint_args *ctx)
+/* RTT samples without a program per received segment: the agent runs this
+ * iterator every probes.tcp.srtt_sample_interval over the connections
+ * whose open we counted, and each one that received segments since its last
+ * sample adds the kernel's smoothed RTT once. */
+SEC("iter/bpf_sk_storage_map")
+int tcp_rtt_sample(struct bpf_iter__bpf_sk_storage_map *ctx)
 {
-	const struct sock *sk = (const struct sock *)ctx->args[0];
-	__u64 skey = (__u64)sk;
-	/* bpf_ktime_get_coarse_ns() would do for a one-second limit and cost
-	 * less, but tracing programs may not call it (6.18). */
-	__u64 now = bpf_ktime_get_ns();
-	struct sock_state *st = bpf_map_lookup_elem(&tcp_socks, &skey);
+	struct sock_state *st = ctx->value;
+	struct sock *sk = ctx->sk;	/* once: the verifier tracks its NULL check */
+	struct tcp_sock *tp;
 
-	if (st) {
-		if (now - st->last_srtt_ns < cfg.srtt_sample_interval_ns)
-			return 0;
-		st->last_srtt_ns = now;
-	} else {
-		/* A connection older than the agent: sample it from now on. */
-		struct sock_state fresh = { .last_srtt_ns = now };
+	if (!st || !st->established || !sk)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	__u32 segs = tp->segs_in;
 
-		bpf_map_update_elem(&tcp_socks, &skey, &fresh, BPF_NOEXIST);
-	}
+	if (segs == st->last_segs_in)
+		return 0;
+	st->last_segs_in = segs;
 	/* srtt_us holds 8 x the smoothed RTT in microseconds. */
-	__u32 srtt8 = BPF_CORE_READ((const struct tcp_sock *)sk, srtt_us);
-
-	observe(sk_cgroup_id(sk), HIST_SRTT, srtt8 >> 3);
+	observe(btf_sk_cgroup_id(sk), HIST_SRTT, tp->srtt_us >> 3);
 	return 0;
 }
 

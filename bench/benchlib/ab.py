@@ -1,6 +1,7 @@
 """Agent off vs on, back to back: the shape of the throughput and churn figures."""
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 from . import env
@@ -10,17 +11,33 @@ __all__ = ["alternate"]
 
 
 def alternate(measure: Callable[[], float], repeats: int, log: Callable[[str], None]) -> dict:
-    """``repeats`` pairs of (off, on) runs of ``measure``; the order flips every
-    pair so a machine that warms up or slows down favours neither side."""
-    off: list[float] = []
-    on: list[float] = []
+    """``repeats`` rounds of off, on and floor runs of ``measure``.
+
+    "floor" has only the empty programs of bench/bpf/empty.bpf.c on podsight's
+    hooks: what any program on those hooks costs before doing anything, so
+    the best on/off ratio an in-kernel design could reach here.  The order
+    rotates every round so a machine that warms up or slows down favours no
+    side; ratios pair each round's runs.
+    """
+    sides = {"off": contextlib.nullcontext, "on": env.agent, "floor": _floor}
+    runs: dict[str, list[float]] = {s: [] for s in sides}
+    names = list(sides)
     for i in range(repeats):
-        order = ("off", "on") if i % 2 == 0 else ("on", "off")
-        for side in order:
-            if side == "on":
-                with env.agent():
-                    on.append(measure())
-            else:
-                off.append(measure())
-        log(f"  pair {i + 1}/{repeats}: off {off[-1]:,.1f}  on {on[-1]:,.1f}  ratio {on[-1] / off[-1]:.4f}")
-    return {"off": summary(off), "on": summary(on), "ratio": summary(ratio_pairs(on, off))}
+        for side in names[i % 3:] + names[: i % 3]:
+            with sides[side]():
+                runs[side].append(measure())
+        off, on, floor = runs["off"][-1], runs["on"][-1], runs["floor"][-1]
+        log(f"  round {i + 1}/{repeats}: off {off:,.1f}  on {on:,.1f}  ratio {on / off:.4f}"
+            f"  (empty programs {floor / off:.4f})")
+    return {"off": summary(runs["off"]), "on": summary(runs["on"]),
+            "ratio": summary(ratio_pairs(runs["on"], runs["off"])),
+            "empty_programs": summary(runs["floor"]),
+            "empty_programs_ratio": summary(ratio_pairs(runs["floor"], runs["off"]))}
+
+
+@contextlib.contextmanager
+def _floor():
+    from .kernel_cost import floor_programs  # kernel_cost imports this module's users
+
+    with floor_programs(env.build_tools()["empty_dir"]):
+        yield

@@ -173,7 +173,8 @@ def agent(config: str = OFF_CONFIG, *args: str, check_probes: tuple[str, ...] = 
     try:
         s = a.scrape()
         for probe in check_probes:
-            if s.value("podsight_probe_up", probe=probe) != 1:
+            # A probe switched off (--agent-env) has no series: only a present one must be up.
+            if s.series("podsight_probe_up", probe=probe) and s.value("podsight_probe_up", probe=probe) != 1:
                 raise BenchError(f"agent started but probe {probe} is not up:\n" + "\n".join(a.log[-20:]))
         yield a
     finally:

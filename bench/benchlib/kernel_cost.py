@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import threading
 
 from podsight.config import Config
 from podsight.kernel import mounts
@@ -29,7 +30,6 @@ BUDGET = Budget("<=", 1.5, "x")
 FLOOR = {
     "network_ingress": "empty_ingress",
     "network_egress": "empty_egress",
-    "tcp_rtt": "empty_rtt",
     "tcp_state": "empty_state",
     "tcp_retransmit": "empty_retransmit",
     "tcp_send_reset": "empty_send_reset",
@@ -38,33 +38,52 @@ FLOOR = {
 }
 # Run for every packet / received segment: these carry the budget.  The rest
 # run once per connection state change or per drop/reset/retransmit.
-PER_PACKET = ("network_ingress", "network_egress", "tcp_rtt")
+PER_PACKET = ("network_ingress", "network_egress")
+# The iterator the agent runs every srtt_sample_interval: one run per
+# socket visited, no hook and so no floor.
+ITERATORS = ("tcp_rtt_sample",)
 HOOKS = {
     "network_ingress": "cgroup_skb/ingress", "network_egress": "cgroup_skb/egress",
-    "tcp_rtt": "raw_tp tcp_probe", "tcp_state": "raw_tp inet_sock_set_state",
+"tcp_state": "tp_btf inet_sock_set_state",
     "tcp_retransmit": "tracepoint tcp/tcp_retransmit_skb", "tcp_send_reset": "tracepoint tcp/tcp_send_reset",
     "tcp_receive_reset": "tracepoint tcp/tcp_receive_reset", "skb_drop": "tracepoint skb/kfree_skb",
 }
 # Programs of bench/bpf/*.bpf.c attached to a cgroup (the rest attach by their tracepoint section).
 CGROUP_SKB = {"empty_ingress", "empty_egress", "v1_cgroup_id", "v2_hash_lookup", "v3_plain_add",
-              "v4_atomic_add", "v5_array_add"}
+              "v4_atomic_add", "v5_array_add", "v6_sk_plain", "v7_sk_atomic", "v8_sk_atomic_in"}
 REFUSED_PORT = 9  # nobody listens: each connect is a SYN, a RST sent, a RST received, a drop
 
 
 @contextlib.contextmanager
 def podsight_programs():
-    """podsight's network + TCP objects, loaded and attached as the agent does; name → fd."""
+    """podsight's network + TCP objects, loaded and attached as the agent does; name → fd.
+
+    A thread runs the RTT sampler twice a second, like the agent's sampler
+    thread, so its cost is counted.
+    """
     cfg = Config()
     root = mounts.cgroup2_root(cfg.cgroup_root)
     probes = [NetworkProbe(), TcpProbe()]
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(0.5):
+            for p in probes:
+                p.sample()
+
+    ticker = threading.Thread(target=tick, daemon=True)
     try:
         fds = {}
         for p in probes:
             if not p.start(cfg, root):
                 raise env.BenchError(f"probe {p.name} failed to start: {p.error}")
             fds.update(p.obj.loaded_programs())
+        ticker.start()
         yield fds
     finally:
+        stop.set()
+        if ticker.is_alive():
+            ticker.join()
         for p in probes:
             p.stop()
 
@@ -177,9 +196,16 @@ def run(node, httpd, repeats: int, seconds: float, refused: int, log) -> dict:
         if prog in PER_PACKET:
             entry["budget"] = BUDGET.as_dict(entry["ratio"]["median"])
         programs[prog] = entry
+    iterators = {}
+    for prog in ITERATORS:
+        per = [per_run("podsight", prog, i) for i in range(repeats)]
+        iterators[prog] = {"runs_per_repeat": summary([c for c, _ in per]),
+                           "ns_per_run": summary([x for _, x in per if x is not None])}
     return {"unit": "ns/run", "seconds_per_load": seconds, "refused_connects": refused,
             "method": "podsight and empty programs alone on the hooks in alternating turns, same loads",
             "bpf_stats_enabled_before": was, "bpf_stats_enabled_after": after,
             "turns": {s: [{w: {k: list(v) for k, v in d.items()} for w, d in t.items()} for t in ts]
                       for s, ts in turns.items()},
-            "programs": programs}
+            "programs": programs,
+            # One run per socket visited (plus one closing run); the bench runs it twice a second.
+            "iterators": iterators}

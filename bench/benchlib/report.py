@@ -38,10 +38,14 @@ def table(res: dict) -> str:
         t = f["throughput"]
         rows.append(("iperf3 Gbit/s off -> on", f"{_mmm(t['off'])} -> {_mmm(t['on'])}", ""))
         rows.append(("iperf3 on/off", _mmm(t["ratio"], 4), _verdict(t["budget"])))
+        if "empty_programs_ratio" in t:
+            rows.append(("iperf3 empty programs/off", _mmm(t["empty_programs_ratio"], 4), ""))
     if "churn" in f:
         c = f["churn"]
         rows.append(("churn conn/s off -> on", f"{_mmm(c['off'], 0)} -> {_mmm(c['on'], 0)}", ""))
         rows.append(("churn on/off", _mmm(c["ratio"], 4), _verdict(c["budget"])))
+        if "empty_programs_ratio" in c:
+            rows.append(("churn empty programs/off", _mmm(c["empty_programs_ratio"], 4), ""))
     if "kernel_cost" in f:
         for prog, p in f["kernel_cost"]["programs"].items():
             if not p.get("runs_per_repeat") or not p["ns_per_run"]["n"]:
@@ -52,6 +56,9 @@ def table(res: dict) -> str:
                          f"{_fmt(p['ns_per_run']['median'])} vs {_fmt(p['floor_ns_per_run']['median'])} = "
                          f"{_mmm(p['ratio'], 2)}x" + (f"; {_fmt(cc)} ns/event in connect/close loop" if cc else ""),
                          _verdict(p.get("budget"))))
+        for prog, p in f["kernel_cost"].get("iterators", {}).items():
+            if p["ns_per_run"]["n"]:
+                rows.append((f"{prog} ns per socket visited", _mmm(p["ns_per_run"], 1), ""))
     if "scale" in f:
         s = f["scale"]
         rows.append(("scale: pods / series", f"{s['pods']} ({s['pods_labelled']} with k8s names) / {s['series']:,}", ""))

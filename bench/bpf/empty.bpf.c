@@ -23,7 +23,7 @@ int empty_egress(struct __sk_buff *skb)
 	return 1;
 }
 
-SEC("raw_tp/inet_sock_set_state")
+SEC("tp_btf/inet_sock_set_state")
 int empty_state(void *ctx)
 {
 	return 0;
@@ -47,11 +47,6 @@ int empty_recv_reset(void *ctx)
 	return 0;
 }
 
-SEC("raw_tp/tcp_probe")
-int empty_rtt(void *ctx)
-{
-	return 0;
-}
 
 SEC("tracepoint/skb/kfree_skb")
 int empty_skb_drop(void *ctx)

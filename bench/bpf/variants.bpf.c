@@ -161,3 +161,72 @@ int t6_btf_sk_lookup(__u64 *ctx)
 	sink = last ? *last : 1;
 	return 0;
 }
+
+/* cgroup_skb with socket-local storage: the socket's own counters, found by
+ * a pointer walk from the socket instead of hashing its cgroup id. */
+struct sock_counters_v {
+	__u64 cgroup_id;
+	struct net_counters c;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_counters_v);
+} v_sk_traffic SEC(".maps");
+
+static __always_inline struct sock_counters_v *sock_slot(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+
+	if (!sk)
+		return 0;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || sk->protocol != 6 || sk->state == 10 || sk->state == 7)
+		return 0;
+	struct sock_counters_v *s = bpf_sk_storage_get(&v_sk_traffic, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+
+	if (s && !s->cgroup_id)
+		s->cgroup_id = bpf_skb_cgroup_id(skb);
+	return s;
+}
+
+/* 6: socket storage, plain adds. */
+SEC("cgroup_skb/egress")
+int v6_sk_plain(struct __sk_buff *skb)
+{
+	struct sock_counters_v *s = sock_slot(skb);
+
+	if (s) {
+		s->c.tx_bytes += skb->len;
+		s->c.tx_packets += skb->gso_segs ? skb->gso_segs : 1;
+	}
+	return 1;
+}
+
+/* 7: socket storage, atomic adds. */
+SEC("cgroup_skb/egress")
+int v7_sk_atomic(struct __sk_buff *skb)
+{
+	struct sock_counters_v *s = sock_slot(skb);
+
+	if (s) {
+		__sync_fetch_and_add(&s->c.tx_bytes, skb->len);
+		__sync_fetch_and_add(&s->c.tx_packets, skb->gso_segs ? skb->gso_segs : 1);
+	}
+	return 1;
+}
+
+/* 8: socket storage on ingress, atomic adds (ingress runs unlocked). */
+SEC("cgroup_skb/ingress")
+int v8_sk_atomic_in(struct __sk_buff *skb)
+{
+	struct sock_counters_v *s = sock_slot(skb);
+
+	if (s) {
+		__sync_fetch_and_add(&s->c.rx_bytes, skb->len);
+		__sync_fetch_and_add(&s->c.rx_packets, skb->gso_segs ? skb->gso_segs : 1);
+	}
+	return 1;
+}

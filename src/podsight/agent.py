@@ -107,6 +107,7 @@ class Agent:
         self._first_seen: dict[int, float] = {}
         self._stop = threading.Event()
         self._gc_thread: threading.Thread | None = None
+        self._sample_thread: threading.Thread | None = None
         self._stats_fd: int | None = None
         self.after_scan: list = []  # callables run after each periodic rescan
         self._unresolvable: set[int] = set()  # ids the last snapshot could not resolve, for GC
@@ -127,14 +128,18 @@ class Agent:
             self.drop_reasons = drop_reasons(mounts.tracefs_root())
         self._gc_thread = threading.Thread(target=self._gc_loop, name="podsight-gc", daemon=True)
         self._gc_thread.start()
+        self._sample_thread = threading.Thread(target=self._sample_loop, name="podsight-sample", daemon=True)
+        self._sample_thread.start()
         self.started = True
 
     def stop(self) -> None:
         self._stop.set()
-        for probe in self.probes.values():
-            probe.stop()
-        if self._gc_thread is not None:
-            self._gc_thread.join(timeout=1.0)
+        for t in (self._sample_thread, self._gc_thread):
+            if t is not None:
+                t.join(timeout=1.0)
+        with self._lock:  # no scrape or sample may touch an object being closed
+            for probe in self.probes.values():
+                probe.stop()
         if self._stats_fd is not None:
             os.close(self._stats_fd)
             self._stats_fd = None
@@ -232,6 +237,20 @@ class Agent:
                     label_of = base.get
                 snap.series[s.map] = s.ledger.aggregate(raw[s.map], label_of)
             return snap
+
+    def _sample_loop(self) -> None:
+        """Drive the probes' periodic in-kernel work (the TCP RTT sampler)."""
+        probes = [p for p in self.probes.values() if p.up and p.sample_interval > 0]
+        if not probes:
+            return
+        interval = min(p.sample_interval for p in probes)
+        while not self._stop.wait(interval):
+            with self._lock:
+                for p in probes:
+                    try:
+                        p.sample()
+                    except OSError as e:
+                        log.warning("probe %s: sampling failed: %s", p.name, e)
 
     def _map(self, source: Source):
         p = self.probes.get(source.probe)

@@ -56,12 +56,16 @@ def test_off_on_ratios(result):
     for fig in (t, c):
         assert fig["ratio"]["median"] == pytest.approx(fig["on"]["median"] / fig["off"]["median"])
         sane(fig["ratio"], 0.2, 5)
+        # The third arm: only empty programs on the same hooks.
+        assert fig["empty_programs_ratio"]["median"] == pytest.approx(
+            fig["empty_programs"]["median"] / fig["off"]["median"])
+        sane(fig["empty_programs_ratio"], 0.2, 5)
 
 
 def test_kernel_cost_has_podsight_and_floor_under_the_same_loads(result):
     fig = result[0]["figures"]["kernel_cost"]
     progs = fig["programs"]
-    for name in ("network_ingress", "network_egress", "tcp_state", "tcp_rtt", "tcp_send_reset",
+    for name in ("network_ingress", "network_egress", "tcp_state", "tcp_send_reset",
                  "tcp_receive_reset", "skb_drop"):
         p = progs[name]
         runs, floor = p["runs_per_repeat"]["median"], p["floor_runs_per_repeat"]["median"]
@@ -76,7 +80,12 @@ def test_kernel_cost_has_podsight_and_floor_under_the_same_loads(result):
         assert refused[prog][0] >= 50, (side, refused[prog])
     # BPF stats were on for the measurement only.
     assert fig["bpf_stats_enabled_before"] == fig["bpf_stats_enabled_after"]
-    assert all("budget" in progs[n] for n in ("network_ingress", "network_egress", "tcp_rtt"))
+    assert all("budget" in progs[n] for n in ("network_ingress", "network_egress"))
+    # The RTT sampler ran, as the agent's sampler thread runs it.
+    for name in ("tcp_rtt_sample",):
+        it = fig["iterators"][name]
+        assert it["runs_per_repeat"]["median"] > 0, name
+        sane(it["ns_per_run"], 1, 1_000_000)
 
 
 def test_scale_labels_every_pod_and_measures_the_agent(result):

@@ -156,6 +156,34 @@ def test_srtt_sampled_while_connection_lives(node):
         assert s.value("podsight_tcp_srtt_seconds_sum", **sel(a)) > 0
 
 
+def test_srtt_samples_receiving_connections_at_most_once_per_interval(node):
+    """The sampler's rule: a connection adds a sample only if it received
+    segments since its last one, and at most one per srtt_sample_interval."""
+    a, b = node.pod("a"), node.pod("b")
+    with AgentProcess(config=FAST_RTT) as agent:  # 100 ms
+
+        def count():
+            return agent.scrape().value("podsight_tcp_srtt_seconds_count", **sel(a))
+
+        serve(b, 8084)
+        idle = a.run(PY, NETPROG, "hold", b.ip, "8084", "30", "30", text=True)  # one ping, then quiet
+        assert idle.stdout.readline().strip() == "open"
+        time.sleep(0.5)
+        before = count()
+        time.sleep(2.0)
+        assert count() == before, "an idle connection was sampled"
+        busy = a.run(PY, NETPROG, "hold", b.ip, "8084", "5", "0.01", text=True)  # ~100 round trips/s
+        assert busy.stdout.readline().strip() == "open"
+        start, t0 = count(), time.monotonic()
+        time.sleep(2.0)
+        added, window = count() - start, time.monotonic() - t0
+        assert busy.poll() is None
+        # ~200 segments received in the window, but one sample per 100 ms at most.
+        assert 5 <= added <= window / 0.1 + 2, (added, window)
+        idle.kill()
+        busy.kill()
+
+
 def test_netfilter_drops_have_their_reason(node):
     a, b = node.pod("a"), node.pod("b")
     with AgentProcess() as agent:

@@ -1,6 +1,7 @@
 """What this kernel offers podsight: the checks behind ``podsight check``."""
 from __future__ import annotations
 
+import ctypes
 import os
 from dataclasses import dataclass
 
@@ -16,7 +17,6 @@ TRACEPOINTS = {
         "tcp/tcp_retransmit_skb",
         "tcp/tcp_send_reset",
         "tcp/tcp_receive_reset",
-        "tcp/tcp_probe",
         "skb/kfree_skb",
     ],
     "security": [
@@ -31,6 +31,7 @@ TRACEPOINTS = {
 }
 
 BPF_FUNC_SKB_CGROUP_ID = 79
+BPF_FUNC_SK_STORAGE_GET = 107
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,32 @@ class Check:
 
 def _probe_prog(kind: str) -> bool:
     return lib.libbpf_probe_bpf_prog_type(PROG_TYPES[kind], None) == 1
+
+
+class _ProgLoadOpts(ctypes.Structure):
+    """The head of libbpf's struct bpf_prog_load_opts, up to attach_btf_id."""
+
+    _fields_ = [("sz", ctypes.c_size_t), ("attempts", ctypes.c_int), ("expected_attach_type", ctypes.c_int),
+                ("prog_btf_fd", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32), ("prog_ifindex", ctypes.c_uint32),
+                ("kern_version", ctypes.c_uint32), ("attach_btf_id", ctypes.c_uint32)]
+
+
+BPF_TRACE_RAW_TP = 23
+
+
+def probe_tp_btf(tracepoint: str = "inet_sock_set_state") -> bool:
+    """Load a two-instruction tp_btf program: libbpf's generic prog-type probe
+    cannot tell, because a tracing program needs a BTF attach target."""
+    btf_id = lib.libbpf_find_vmlinux_btf_id(tracepoint.encode(), BPF_TRACE_RAW_TP)
+    if btf_id <= 0:
+        return False
+    insns = (ctypes.c_uint64 * 2)(0x00000000000000B7, 0x0000000000000095)  # r0 = 0; exit
+    opts = _ProgLoadOpts(ctypes.sizeof(_ProgLoadOpts), 0, BPF_TRACE_RAW_TP, 0, 0, 0, 0, btf_id)
+    fd = lib.bpf_prog_load(PROG_TYPES["tracing"], b"podsight_probe", b"GPL", insns, 2, ctypes.byref(opts))
+    if fd < 0:
+        return False
+    os.close(fd)
+    return True
 
 
 def run_checks() -> list[Check]:
@@ -64,17 +91,18 @@ def run_checks() -> list[Check]:
     for kind, core, why in (
         ("cgroup_skb", True, "network probe"),
         ("tracepoint", False, "tcp and security probes"),
-        ("raw_tracepoint", False, "tcp probe (inet_sock_set_state, tcp_probe)"),
         ("kprobe", False, "optional, never required"),
-        ("tracing", False, "fentry/tp_btf, optional, never required"),
     ):
         ok = _probe_prog(kind)
         out.append(Check(f"program type {kind}", ok, why, core))
-    for kind, core in (("percpu_hash", True), ("ringbuf", False)):
+    out.append(Check("program type tracing (tp_btf)", probe_tp_btf(), "network and tcp probes: tp_btf, iterators", False))
+    for kind, core in (("percpu_hash", True), ("sk_storage", False), ("ringbuf", False)):
         ok = lib.libbpf_probe_bpf_map_type(MAP_TYPES[kind], None) == 1
         out.append(Check(f"map type {kind}", ok, "", core))
     ok = lib.libbpf_probe_bpf_helper(PROG_TYPES["cgroup_skb"], BPF_FUNC_SKB_CGROUP_ID, None) == 1
     out.append(Check("helper bpf_skb_cgroup_id in cgroup_skb", ok, "socket cgroup attribution", True))
+    ok = lib.libbpf_probe_bpf_helper(PROG_TYPES["cgroup_skb"], BPF_FUNC_SK_STORAGE_GET, None) == 1
+    out.append(Check("helper bpf_sk_storage_get in cgroup_skb", ok, "network probe: per-socket counters", False))
 
     for family, tps in TRACEPOINTS.items():
         for tp in tps:

@@ -18,7 +18,6 @@ __all__ = [
     "HistKey",
     "Hist",
     "DropKey",
-    "TcpConfig",
     "SecurityEvent",
     "SecurityConfig",
     "PodRoot",
@@ -68,10 +67,6 @@ class Hist(ctypes.Structure):
 
 class DropKey(ctypes.Structure):
     _fields_ = [("cgroup_id", c_uint64), ("reason", c_uint32), ("pad", c_uint32)]
-
-
-class TcpConfig(ctypes.Structure):
-    _fields_ = [("srtt_sample_interval_ns", c_uint64)]
 
 
 SEC_COMM_LEN = 16
@@ -138,7 +133,6 @@ MIRRORED = {
     "hist_key": HistKey,
     "hist": Hist,
     "drop_key": DropKey,
-    "tcp_config": TcpConfig,
     "security_event": SecurityEvent,
     "security_config": SecurityConfig,
     "pod_root": PodRoot,

@@ -67,6 +67,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_program__fd": (c_int, [c_void_p]),
     "bpf_program__attach": (c_void_p, [c_void_p]),
     "bpf_program__attach_cgroup": (c_void_p, [c_void_p, c_int]),
+    "bpf_program__attach_iter": (c_void_p, [c_void_p, c_void_p]),
+    "bpf_iter_create": (c_int, [c_int]),
     "bpf_link__destroy": (c_int, [c_void_p]),
     "bpf_link__fd": (c_int, [c_void_p]),
     "bpf_map__name": (c_char_p, [c_void_p]),
@@ -91,6 +93,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "libbpf_probe_bpf_map_type": (c_int, [c_int, c_void_p]),
     "libbpf_probe_bpf_helper": (c_int, [c_int, c_int, c_void_p]),
     "bpf_enable_stats": (c_int, [c_int]),
+    "libbpf_find_vmlinux_btf_id": (c_int, [c_char_p, c_int]),
+    "bpf_prog_load": (c_int, [c_int, c_char_p, c_char_p, c_void_p, c_size_t, c_void_p]),
     "ring_buffer__new": (c_void_p, [c_int, SAMPLE_FN, c_void_p, c_void_p]),
     "ring_buffer__poll": (c_int, [c_void_p, c_int]),
     "ring_buffer__consume": (c_int, [c_void_p]),
@@ -152,9 +156,8 @@ def check_int(call: str, ret: int, detail: str = "") -> int:
 PROG_TYPES = {
     "cgroup_skb": 8,
     "tracepoint": 5,
-    "raw_tracepoint": 17,
     "tracing": 26,  # fentry/tp_btf
     "kprobe": 2,
 }
-MAP_TYPES = {"percpu_hash": 5, "hash": 1, "ringbuf": 27, "percpu_array": 6}
+MAP_TYPES = {"percpu_hash": 5, "hash": 1, "ringbuf": 27, "percpu_array": 6, "sk_storage": 24}
 BPF_STATS_RUN_TIME = 0

@@ -44,6 +44,19 @@ class Link:
         self._ptr: int | None = ptr
         self.what = what
 
+    def run_iter(self) -> bytes:
+        """Run an iterator link once over all its elements; what the program printed."""
+        if not self._ptr:
+            raise ValueError(f"{self.what}: link destroyed")
+        fd = check_int("bpf_iter_create", lib.bpf_iter_create(lib.bpf_link__fd(self._ptr)), self.what)
+        try:
+            out = []
+            while chunk := os.read(fd, 4096):
+                out.append(chunk)
+            return b"".join(out)
+        finally:
+            os.close(fd)
+
     def destroy(self) -> None:
         if self._ptr:
             lib.bpf_link__destroy(self._ptr)
@@ -154,6 +167,18 @@ class Map:
             ret = lib.bpf_map_get_next_key(self.fd, key, nxt)
 
 
+class _IterMapInfo(ctypes.Structure):
+    """union bpf_iter_link_info, its ``map`` member: the kernel zero-fills the rest."""
+
+    _fields_ = [("map_fd", ctypes.c_uint32)]
+
+
+class _IterAttachOpts(ctypes.Structure):
+    """struct bpf_iter_attach_opts of libbpf."""
+
+    _fields_ = [("sz", ctypes.c_size_t), ("link_info", ctypes.c_void_p), ("link_info_len", ctypes.c_uint32)]
+
+
 class BpfObject:
     """One compiled ``.bpf.o``: open → (configure) → load → attach → close."""
 
@@ -235,6 +260,18 @@ class BpfObject:
         for name, prog in self._programs():
             if name == prog_name:
                 link = Link(check_ptr("bpf_program__attach", lib.bpf_program__attach(prog), prog_name), prog_name)
+                self.links.append(link)
+                return link
+        raise KeyError(prog_name)
+
+    def attach_iter(self, prog_name: str, map_name: str) -> Link:
+        """Attach a map-element iterator (``iter/bpf_sk_storage_map`` …) to one of our maps."""
+        info = _IterMapInfo(self.maps[map_name].fd)
+        opts = _IterAttachOpts(ctypes.sizeof(_IterAttachOpts), ctypes.addressof(info), ctypes.sizeof(info))
+        for name, prog in self._programs():
+            if name == prog_name:
+                ptr = lib.bpf_program__attach_iter(prog, ctypes.byref(opts))
+                link = Link(check_ptr("bpf_program__attach_iter", ptr, f"{prog_name} on {map_name}"), prog_name)
                 self.links.append(link)
                 return link
         raise KeyError(prog_name)

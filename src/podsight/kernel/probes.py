@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from ..config import Config
 from . import mounts
-from .layouts import SEC_PREFIX_LEN, SEC_PREFIXES, PodRoot, SecurityConfig, TcpConfig
-from .loader import BpfObject
+from .layouts import SEC_PREFIX_LEN, SEC_PREFIXES, PodRoot, SecurityConfig
+from .loader import BpfObject, Link
 
 __all__ = ["Probe", "NetworkProbe", "TcpProbe", "SecurityProbe", "ProgramStats", "program_stats", "security_config"]
 
@@ -27,6 +27,7 @@ class Probe:
     up: bool = False
     error: str = ""
     obj: BpfObject | None = field(default=None, repr=False)
+    sample_interval: float = 0.0  # seconds between sample() calls; 0: never
 
     def configure(self, obj: BpfObject, cfg: Config) -> None:
         """Set load-time knobs (``const volatile``) and map sizes before load."""
@@ -37,6 +38,9 @@ class Probe:
     def status(self) -> dict[str, bool]:
         """``podsight_probe_up`` values: probe (or probe part) name → attached."""
         return {self.name: self.up}
+
+    def sample(self) -> None:
+        """Periodic in-kernel work the agent drives (every ``sample_interval`` s)."""
 
     def start(self, cfg: Config, cgroup_root: str) -> bool:
         obj = None
@@ -84,21 +88,22 @@ class TcpProbe(Probe):
             "tcp_send_reset": "tcp/tcp_send_reset",
             "tcp_receive_reset": "tcp/tcp_receive_reset",
         },
-        "tcp_rtt": {"tcp_rtt": "tcp/tcp_probe"},
+        "tcp_rtt": {"tcp_rtt_sample": None},  # an iterator: no tracepoint
         "network_drops": {"skb_drop": "skb/kfree_skb"},
     }
 
     def __init__(self) -> None:
         super().__init__("tcp", "tcp")
         self.parts: dict[str, bool] = {part: False for part in self.PARTS}
+        self._rtt: Link | None = None
 
     def configure(self, obj: BpfObject, cfg: Config) -> None:
-        obj.set_config(TcpConfig(int(cfg.probes.tcp.srtt_sample_interval * 1e9)))
+        self.sample_interval = float(cfg.probes.tcp.srtt_sample_interval)
         events = os.path.join(mounts.tracefs_root(), "events")
         self._present = {}
         for part, progs in self.PARTS.items():
             for prog, tp in progs.items():
-                ok = os.path.isdir(os.path.join(events, tp))
+                ok = tp is None or os.path.isdir(os.path.join(events, tp))
                 self._present[prog] = ok
                 if not ok:
                     log.warning("tracepoint %s missing on this kernel: %s part disabled", tp, part)
@@ -112,7 +117,10 @@ class TcpProbe(Probe):
                     ok = False
                     continue
                 try:
-                    obj.attach(prog)
+                    if prog == "tcp_rtt_sample":
+                        self._rtt = obj.attach_iter(prog, "tcp_socks")
+                    else:
+                        obj.attach(prog)
                 except OSError as e:
                     log.warning("cannot attach %s: %s", prog, e)
                     ok = False
@@ -122,6 +130,14 @@ class TcpProbe(Probe):
 
     def status(self) -> dict[str, bool]:
         return {part: self.up and ok for part, ok in self.parts.items()}
+
+    def sample(self) -> None:
+        if self.up and self._rtt is not None:
+            self._rtt.run_iter()
+
+    def stop(self) -> None:
+        self._rtt = None
+        super().stop()
 
 
 @dataclass(frozen=True)
