@@ -96,7 +96,7 @@ class Runtime:
             return
         probe.set_pod_roots(self.agent.pod_roots())
         self.agent.after_scan.append(lambda: probe.set_pod_roots(self.agent.pod_roots()))
-        self.events = EventReader(probe.obj.maps["security_events"].fd, self.sink.handle)
+        self.events = EventReader(probe.obj.maps["security_events"].fd, self.sink.handle, self.sink.flush)
         self.events.start()
 
     def start(self) -> None:

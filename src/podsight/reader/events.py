@@ -10,6 +10,7 @@ import ctypes
 import ipaddress
 import logging
 import os
+import struct
 import threading
 import time
 from typing import Callable
@@ -22,8 +23,43 @@ __all__ = ["EventReader", "decode", "boot_to_realtime_offset"]
 
 log = logging.getLogger("podsight.events")
 
-_SIZE = ctypes.sizeof(SecurityEvent)
 _AF_INET, _AF_INET6 = 2, 10
+_INT_CODES = {1: "b", 2: "h", 4: "i", 8: "q"}
+# The fields ``decode`` unpacks, in layout order (all but ``args``).
+_HEAD_FIELDS = ("ts_ns", "cgroup_id", "ret", "ptrace_request", "kind", "syscall", "pid", "tid", "ppid", "uid",
+                "gid", "flags", "mode", "target_pid", "family", "dst_port", "args_len", "dst_addr", "comm",
+                "parent_comm", "path")
+
+
+def _head_struct() -> struct.Struct:
+    """One ``struct`` unpack for every field before ``args``, derived from the
+    ctypes mirror of ``struct security_event`` so the two cannot drift.
+
+    Reading fields through a ctypes Structure costs a descriptor call each;
+    one unpack into local names is several times cheaper, and the 512-byte
+    argv area is only sliced for exec events.
+    """
+    fmt, pos, names = "=", 0, []
+    for name, ctype in SecurityEvent._fields_:
+        if name == "args":
+            break
+        f = getattr(SecurityEvent, name)
+        if f.offset > pos:
+            fmt += f"{f.offset - pos}x"
+        if issubclass(ctype, ctypes.Array):
+            fmt += f"{f.size}s"
+        else:
+            code = _INT_CODES[f.size]
+            fmt += code.upper() if ctype._type_.isupper() else code  # upper-case ctypes codes are unsigned
+        pos = f.offset + f.size
+        names.append(name)
+    if tuple(names) != _HEAD_FIELDS:
+        raise ImportError(f"struct security_event changed ({', '.join(names)}): update podsight.reader.events.decode")
+    return struct.Struct(fmt)
+
+
+_HEAD = _head_struct()
+_ARGS_OFFSET = SecurityEvent.args.offset
 
 
 def boot_to_realtime_offset() -> int:
@@ -32,52 +68,60 @@ def boot_to_realtime_offset() -> int:
 
 
 def _text(b: bytes) -> str:
-    return b.decode("utf-8", "replace")
+    """A C string field: up to the first NUL, as UTF-8 with replacement."""
+    return b.partition(b"\0")[0].decode("utf-8", "replace")
 
 
 def decode(raw: bytes, offset_ns: int) -> RawEvent:
-    e = SecurityEvent.from_buffer_copy(raw[:_SIZE])
-    kind = SEC_KINDS[e.kind] if e.kind < len(SEC_KINDS) else "unknown"
+    (ts_ns, cgroup_id, ret, ptrace_request, kind_no, syscall_no, pid, tid, ppid, uid, gid, flags, mode, target_pid,
+     family, dst_port, args_len, dst_addr, comm, parent_comm, path) = _HEAD.unpack_from(raw)
+    kind = SEC_KINDS[kind_no] if kind_no < len(SEC_KINDS) else "unknown"
     ev = RawEvent(
         kind=kind,
-        ts_ns=e.ts_ns + offset_ns,
-        cgroup_id=e.cgroup_id,
-        pid=e.pid,
-        tid=e.tid,
-        ppid=e.ppid,
-        uid=e.uid,
-        gid=e.gid,
-        comm=_text(e.comm),
-        parent_comm=_text(e.parent_comm),
-        syscall=SEC_SYSCALLS[e.syscall] if e.syscall < len(SEC_SYSCALLS) else "",
-        path=_text(e.path),
-        flags=e.flags,
-        mode=e.mode,
-        ptrace_request=e.ptrace_request,
-        target_pid=e.target_pid,
-        family=e.family,
-        dst_port=e.dst_port,
-        ret=e.ret,
+        ts_ns=ts_ns + offset_ns,
+        cgroup_id=cgroup_id,
+        pid=pid,
+        tid=tid,
+        ppid=ppid,
+        uid=uid,
+        gid=gid,
+        comm=_text(comm),
+        parent_comm=_text(parent_comm),
+        syscall=SEC_SYSCALLS[syscall_no] if syscall_no < len(SEC_SYSCALLS) else "",
+        path=_text(path),
+        flags=flags,
+        mode=mode,
+        ptrace_request=ptrace_request,
+        target_pid=target_pid,
+        family=family,
+        dst_port=dst_port,
+        ret=ret,
     )
     if kind == "exec":
         ev.exe = ev.path
-        used = min(e.args_len, SEC_ARGS_LEN)
-        # e.args would stop at the first NUL; argv is NUL-separated.
-        raw_args = ctypes.string_at(ctypes.addressof(e) + SecurityEvent.args.offset, used)
-        ev.args = [_text(a) for a in raw_args.rstrip(b"\0").split(b"\0")] if used else []
-        ev.args_truncated = e.args_len > SEC_ARGS_LEN
-    if e.family == _AF_INET:
-        ev.dst_ip = str(ipaddress.IPv4Address(bytes(e.dst_addr[:4])))
-    elif e.family == _AF_INET6:
-        ev.dst_ip = str(ipaddress.IPv6Address(bytes(e.dst_addr)))
+        used = min(args_len, SEC_ARGS_LEN)
+        # argv is NUL-separated: split the raw bytes, not a C string.
+        raw_args = raw[_ARGS_OFFSET:_ARGS_OFFSET + used]
+        ev.args = [a.decode("utf-8", "replace") for a in raw_args.rstrip(b"\0").split(b"\0")] if used else []
+        ev.args_truncated = args_len > SEC_ARGS_LEN
+    if family == _AF_INET:
+        ev.dst_ip = str(ipaddress.IPv4Address(dst_addr[:4]))
+    elif family == _AF_INET6:
+        ev.dst_ip = str(ipaddress.IPv6Address(dst_addr))
     return ev
 
 
 class EventReader:
-    """Polls the ring buffer and hands each decoded event to ``handle``."""
+    """Polls the ring buffer and hands each decoded event to ``handle``.
 
-    def __init__(self, map_fd: int, handle: Callable[[RawEvent], None]):
+    ``flush`` is called after each poll, once the records that were waiting
+    have been handled, so the consumer can write them out together.
+    """
+
+    def __init__(self, map_fd: int, handle: Callable[[RawEvent], None],
+                 flush: Callable[[], None] | None = None):
         self.handle = handle
+        self.flush = flush
         self.decoded = 0
         self.errors = 0
         self._offset = boot_to_realtime_offset()
@@ -101,6 +145,16 @@ class EventReader:
             if ret < 0 and -ret != 4:  # EINTR is harmless
                 log.error("ring buffer poll failed: %s", os.strerror(-ret))
                 time.sleep(0.2)
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.flush is None:
+            return
+        try:
+            self.flush()
+        except Exception:  # as for one bad event: the stream goes on
+            self.errors += 1
+            log.exception("cannot write security events")
 
     def start(self) -> None:
         self._thread.start()

@@ -12,12 +12,20 @@ Shape (published as ``event.schema.json``, documented in docs/security.md)::
 
 Kubernetes names sit at the top level with kube-state-metrics' names so a
 log pipeline can join them with metrics; arguments are always redacted.
+
+``build_event`` gives the dict; ``event_json``/``event_line`` write the same
+object as text directly: every matched event pays for its line, so the
+parts that repeat (a rule's name and tags, a cgroup's identity, the time to
+the second, open flags, redacted paths) are rendered once and reused.  The
+text is byte for byte ``json.dumps(build_event(...), ensure_ascii=False,
+separators=(",", ":"))``; tests hold the two together.
 """
 from __future__ import annotations
 
 import json
 import re
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Mapping
 
@@ -27,7 +35,7 @@ from .names import errno_name, family_name, mode_string, open_flag_names, ptrace
 from .redact import redact_args, redact_text
 from .rules import Rule
 
-__all__ = ["SCHEMA_PATH", "build_event", "event_json", "rfc3339_ns", "summary"]
+__all__ = ["SCHEMA_PATH", "IdentityPart", "build_event", "event_json", "event_line", "rfc3339_ns", "summary"]
 
 SCHEMA_PATH = Path(__file__).with_name("event.schema.json")
 
@@ -36,12 +44,35 @@ _IDENTITY_STR = ("node", "namespace", "pod", "container", "image", "workload", "
                  "pod_uid", "container_id", "host_cgroup")
 _PLACEHOLDER_RE = re.compile(r"\{([A-Za-z0-9_.]+)\}")
 _SUMMARY_ARGS_MAX = 256  # keep the sentence readable; the full argv is in process.args
+_ACCESS = {0: "reading", 1: "writing", 2: "reading and writing"}
+_O_CREAT, _O_TMPFILE_BIT = 0o100, 0o20000000  # the mode argument is used only with these
+
+# What json.dumps(ensure_ascii=False) itself calls for a str (the C encoder).
+_jstr = json.encoder.encode_basestring
+_CACHE_MAX = 4096  # bound on every cache here: their keys come from the traced processes
+
+
+@lru_cache(maxsize=_CACHE_MAX)
+def _redact_cached(text: str) -> str:
+    return redact_text(text)
+
+
+def _redacted(text: str) -> str:
+    """redact_text, remembered for short strings: paths, exe and cwd repeat from event to event."""
+    return _redact_cached(text) if len(text) <= 512 else redact_text(text)
+
+
+_second: tuple[int, str] = (-1, "")  # last second formatted; one tuple so threads see a consistent pair
 
 
 def rfc3339_ns(ts_ns: int) -> str:
     """Nanoseconds since the epoch → ``2026-11-26T06:05:36.123456789Z``."""
+    global _second
     secs, ns = divmod(int(ts_ns), 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ns:09d}Z"
+    last = _second
+    if last[0] != secs:
+        last = _second = (secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)))
+    return f"{last[1]}.{ns:09d}Z"
 
 
 def _where(idn: Mapping[str, object]) -> str:
@@ -60,8 +91,7 @@ def _action(ev: RawEvent, path: str, args: list[str]) -> str:
             cmd = cmd[:_SUMMARY_ARGS_MAX] + "…"
         return f"executed {path or ev.exe} ({cmd})" if cmd else f"executed {path or ev.exe}"
     if ev.kind == "open":
-        acc = {0: "reading", 1: "writing", 2: "reading and writing"}.get(ev.flags & 3, "access")
-        return f"opened {path} for {acc}"
+        return f"opened {path} for {_ACCESS.get(ev.flags & 3, 'access')}"
     if ev.kind == "chmod":
         return f"set mode {mode_string(ev.mode)} on {path or 'an open file'}"
     if ev.kind == "ptrace":
@@ -72,36 +102,46 @@ def _action(ev: RawEvent, path: str, args: list[str]) -> str:
     return ev.kind
 
 
+# Summary placeholders that are not plain fields, or that must be shown redacted.
+_SPECIAL = {
+    "rule": lambda v, args, rule: rule.name,
+    "severity": lambda v, args, rule: rule.severity,
+    "process.args": lambda v, args, rule: " ".join(args[1:]),
+    "process.cmdline": lambda v, args, rule: " ".join(args),
+    "path": lambda v, args, rule: _redacted(v.path),
+    "process.exe": lambda v, args, rule: _redacted(v.ev.exe),
+    "process.cwd": lambda v, args, rule: _redacted(v.ev.cwd),
+    "open.flags": lambda v, args, rule: "|".join(open_flag_names(v.ev.flags)),
+    "mode": lambda v, args, rule: mode_string(v.ev.mode),
+    "ptrace.request": lambda v, args, rule: ptrace_request_name(v.ev.ptrace_request),
+    "dst.ip": lambda v, args, rule: v.ev.dst_ip,
+    "dst.family": lambda v, args, rule: family_name(v.ev.family),
+}
+
+
 def _field_text(name: str, view: EventView, args: list[str], rule: Rule) -> str:
-    ev = view.ev
-    special = {
-        "rule": lambda: rule.name,
-        "severity": lambda: rule.severity,
-        "process.args": lambda: " ".join(args[1:]),
-        "process.cmdline": lambda: " ".join(args),
-        "path": lambda: redact_text(view.path),
-        "open.flags": lambda: "|".join(open_flag_names(ev.flags)),
-        "mode": lambda: mode_string(ev.mode),
-        "ptrace.request": lambda: ptrace_request_name(ev.ptrace_request),
-        "dst.ip": lambda: ev.dst_ip,
-        "dst.family": lambda: family_name(ev.family),
-    }
-    if name in special:
-        return special[name]()
+    special = _SPECIAL.get(name)
+    if special is not None:
+        return special(view, args, rule)
     fld = FIELDS.get(name)
     return "" if fld is None else str(fld.get(view))
 
 
-def summary(rule: Rule, view: EventView, args: list[str]) -> str:
-    """The rule's ``summary`` template filled in, or a generated sentence."""
+def _summary(rule: Rule, view: EventView, args: list[str], path: str, where: str) -> str:
+    """``path`` is the redacted path, ``where`` the identity's ``_where``."""
     if rule.summary:
         return _PLACEHOLDER_RE.sub(lambda m: _field_text(m.group(1), view, args, rule), rule.summary)
-    ev, idn = view.ev, view.idn
+    ev = view.ev
     text = (f"{rule.name}: {ev.comm or '?'} (pid {ev.pid}, uid {ev.uid}, parent "
-            f"{ev.parent_comm or '?'}) {_action(ev, redact_text(view.path), args)} {_where(idn)}")
+            f"{ev.parent_comm or '?'}) {_action(ev, path, args)} {where}")
     if ev.ret < 0:
         text += f"; it failed with {errno_name(ev.ret)}"
     return text
+
+
+def summary(rule: Rule, view: EventView, args: list[str]) -> str:
+    """The rule's ``summary`` template filled in, or a generated sentence."""
+    return _summary(rule, view, args, _redacted(view.path), _where(view.idn))
 
 
 def _syscall_fields(ev: RawEvent, path: str) -> dict[str, object]:
@@ -110,7 +150,7 @@ def _syscall_fields(ev: RawEvent, path: str) -> dict[str, object]:
         out["path"] = path
     if ev.kind == "open":
         out["flags"] = open_flag_names(ev.flags)
-        if ev.flags & 0o100 or ev.flags & 0o20000000:  # O_CREAT / O_TMPFILE: mode is used
+        if ev.flags & _O_CREAT or ev.flags & _O_TMPFILE_BIT:
             out["mode"] = mode_string(ev.mode)
     if ev.kind == "chmod":
         out["mode"] = mode_string(ev.mode)
@@ -132,12 +172,12 @@ def build_event(rule: Rule, ev: RawEvent, identity: Mapping[str, object],
     """The JSON-ready dict for one match (``view`` reuses matching's work)."""
     view = view or EventView(ev, identity)
     args = redact_args(ev.args)
-    path = redact_text(view.path)
+    path = _redacted(view.path)
     obj: dict[str, object] = {
         "time": rfc3339_ns(ev.ts_ns),
         "rule": rule.name,
         "severity": rule.severity,
-        "summary": summary(rule, view, args),
+        "summary": _summary(rule, view, args, path, _where(identity)),
         "tags": list(rule.tags),
         "event": ev.kind,
     }
@@ -149,10 +189,10 @@ def build_event(rule: Rule, ev: RawEvent, identity: Mapping[str, object],
         "pid": ev.pid,
         "tid": ev.tid,
         "name": ev.comm,
-        "exe": redact_text(ev.exe),
+        "exe": _redacted(ev.exe),
         "args": args,
-        "args_truncated": ev.args_truncated,
-        "cwd": redact_text(ev.cwd),
+        "args_truncated": bool(ev.args_truncated),
+        "cwd": _redacted(ev.cwd),
         "uid": ev.uid,
         "gid": ev.gid,
     }
@@ -161,7 +201,106 @@ def build_event(rule: Rule, ev: RawEvent, identity: Mapping[str, object],
     return obj
 
 
+# ---------------------------------------------------------------------------
+# The same object written as text directly
+
+
+class IdentityPart:
+    """An identity rendered once: its JSON members and the summary's "in pod ..." words.
+
+    Build one per identity snapshot and reuse it for every event of that
+    cgroup; it does not follow later changes to the mapping.
+    """
+
+    __slots__ = ("identity", "json", "where")
+
+    def __init__(self, identity: Mapping[str, object]):
+        self.identity = identity
+        members = [f'"{k}":{_jstr(str(identity.get(k) or ""))}' for k in _IDENTITY_STR]
+        members.append('"in_pod":true' if identity.get("in_pod") else '"in_pod":false')
+        self.json = ",".join(members)
+        self.where = _where(identity)
+
+
+_parts: dict[tuple, IdentityPart] = {}
+_rule_parts: dict[tuple, tuple[str, str]] = {}
+_flags_json: dict[int, str] = {}
+
+
+def _part_of(identity: Mapping[str, object]) -> IdentityPart:
+    # Keyed by value, so a mapping changed between calls is rendered afresh.
+    key = (*map(identity.get, _IDENTITY_STR), bool(identity.get("in_pod")))
+    part = _parts.get(key)
+    if part is None:
+        if len(_parts) >= _CACHE_MAX:
+            _parts.clear()
+        part = _parts[key] = IdentityPart(dict(identity))
+    return part
+
+
+def _rule_json(rule: Rule) -> tuple[str, str]:
+    """(the members before the summary's value, those between it and the event kind's)."""
+    key = (rule.name, rule.severity, rule.tags)
+    out = _rule_parts.get(key)
+    if out is None:
+        if len(_rule_parts) >= _CACHE_MAX:
+            _rule_parts.clear()
+        out = _rule_parts[key] = (
+            f'"rule":{_jstr(rule.name)},"severity":{_jstr(rule.severity)},"summary":',
+            f',"tags":[{",".join(map(_jstr, rule.tags))}],"event":',
+        )
+    return out
+
+
+def _open_flags_json(flags: int) -> str:
+    out = _flags_json.get(flags)
+    if out is None:
+        if len(_flags_json) >= _CACHE_MAX:
+            _flags_json.clear()
+        out = _flags_json[flags] = "[" + ",".join(map(_jstr, open_flag_names(flags))) + "]"
+    return out
+
+
+def _syscall_json(ev: RawEvent, path: str) -> str:
+    """``_syscall_fields`` as JSON members, in the same order."""
+    kind = ev.kind
+    out = '"name":' + _jstr(ev.syscall or _DEFAULT_SYSCALL.get(kind, kind))
+    if kind == "open":
+        out += f',"path":{_jstr(path)},"flags":{_open_flags_json(ev.flags)}'
+        if ev.flags & _O_CREAT or ev.flags & _O_TMPFILE_BIT:
+            out += f',"mode":"{mode_string(ev.mode)}"'
+    elif kind == "exec":
+        out += ',"path":' + _jstr(path)
+    elif kind == "chmod":
+        out += f',"path":{_jstr(path)},"mode":"{mode_string(ev.mode)}"'
+    elif kind == "ptrace":
+        out += f',"request":{_jstr(ptrace_request_name(ev.ptrace_request))},"target_pid":{ev.target_pid}'
+    elif kind == "connect":
+        out += f',"family":{_jstr(family_name(ev.family))},"dst_ip":{_jstr(ev.dst_ip)},"dst_port":{ev.dst_port}'
+    out += f',"return_code":{ev.ret}'
+    if ev.ret < 0:
+        out += ',"error":' + _jstr(errno_name(ev.ret))
+    return out
+
+
+def event_line(rule: Rule, ev: RawEvent, part: IdentityPart, view: EventView | None = None) -> str:
+    """One JSON line (no trailing newline) for an identity rendered beforehand."""
+    view = view or EventView(ev, part.identity)
+    args = redact_args(ev.args) if ev.args else []
+    path = _redacted(view.path)
+    head, tail = _rule_json(rule)
+    text = _summary(rule, view, args, path, part.where)
+    return (
+        f'{{"time":"{rfc3339_ns(ev.ts_ns)}",{head}{_jstr(text)}{tail}{_jstr(ev.kind)},{part.json},'
+        f'"cgroup_id":{ev.cgroup_id},"process":{{"pid":{ev.pid},"tid":{ev.tid},"name":{_jstr(ev.comm)},'
+        f'"exe":{_jstr(_redacted(ev.exe))},"args":[{",".join(map(_jstr, args))}],'
+        f'"args_truncated":{"true" if ev.args_truncated else "false"},"cwd":{_jstr(_redacted(ev.cwd))},'
+        f'"uid":{ev.uid},"gid":{ev.gid}}},"parent":{{"pid":{ev.ppid},"name":{_jstr(ev.parent_comm)}}},'
+        f'"syscall":{{{_syscall_json(ev, path)}}}}}'
+    )
+
+
 def event_json(rule: Rule, ev: RawEvent, identity: Mapping[str, object],
                view: EventView | None = None) -> str:
     """One JSON line (no trailing newline)."""
-    return json.dumps(build_event(rule, ev, identity, view), ensure_ascii=False, separators=(",", ":"))
+    return event_line(rule, ev, _part_of(identity), view or EventView(ev, identity))

@@ -138,6 +138,13 @@ class RuleSet:
         view = EventView(ev, identity)
         return [r for r in rules if r.matches(view)]
 
+    def match_view(self, view: EventView) -> list[Rule]:
+        """``match`` on a view the caller built, so rendering the matches can reuse it."""
+        rules = self.by_kind.get(view.ev.kind)
+        if not rules:
+            return []
+        return [r for r in rules if r.matches(view)]
+
 
 # --------------------------------------------------------------------------
 # Loading
