@@ -147,6 +147,24 @@ static __always_inline void observe(__u64 cgid, __u32 kind, __u64 value)
 	__sync_fetch_and_add(&h->sum, value);
 }
 
+/* One RTT sample if the connection received segments since its last one:
+ * the rule of both the periodic sampler and the sample taken at close, so
+ * short connections count too.  cgid 0: look it up (only when sampling). */
+static __always_inline void sample_srtt(struct sock *sk, struct sock_state *st, __u64 cgid)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+
+	if (!tp)
+		return;
+	__u32 segs = tp->segs_in;
+
+	if (segs == st->last_segs_in)
+		return;
+	st->last_segs_in = segs;
+	/* srtt_us holds 8 x the smoothed RTT in microseconds. */
+	observe(cgid ? cgid : btf_sk_cgroup_id(sk), HIST_SRTT, tp->srtt_us >> 3);
+}
+
 /* A BTF tracepoint: the kernel's own arguments, no classic record to fill
  * on each of a connection's ~10 state changes, and socket storage. */
 SEC("tp_btf/inet_sock_set_state")
@@ -195,7 +213,8 @@ int BPF_PROG(tcp_state, struct sock *sk, int old, int new)
 		return 0;
 	}
 
-	c = counters(btf_sk_cgroup_id(sk));
+	cgid = btf_sk_cgroup_id(sk);
+	c = counters(cgid);
 	st = bpf_sk_storage_get(&tcp_socks, sk, 0, 0);
 	if (c) {
 		if (old == TCP_SYN_SENT) {
@@ -206,6 +225,7 @@ int BPF_PROG(tcp_state, struct sock *sk, int old, int new)
 			/* Only closes of connections whose open we counted, so
 			 * that opened - closed is the number still active. */
 			__sync_fetch_and_add(&c->closed, 1);
+			sample_srtt(sk, st, cgid);
 		}
 	}
 	if (st)
@@ -263,26 +283,15 @@ int tcp_receive_reset(struct trace_event_raw_tcp_event_sk *ctx)
 /* RTT samples without a program per received segment: the agent runs this
  * iterator every probes.tcp.srtt_sample_interval over the connections
  * whose open we counted, and each one that received segments since its last
- * sample adds the kernel's smoothed RTT once. */
+ * sample adds the kernel's smoothed RTT once (and once more as it closes). */
 SEC("iter/bpf_sk_storage_map")
 int tcp_rtt_sample(struct bpf_iter__bpf_sk_storage_map *ctx)
 {
 	struct sock_state *st = ctx->value;
 	struct sock *sk = ctx->sk;	/* once: the verifier tracks its NULL check */
-	struct tcp_sock *tp;
 
-	if (!st || !st->established || !sk)
-		return 0;
-	tp = bpf_skc_to_tcp_sock(sk);
-	if (!tp)
-		return 0;
-	__u32 segs = tp->segs_in;
-
-	if (segs == st->last_segs_in)
-		return 0;
-	st->last_segs_in = segs;
-	/* srtt_us holds 8 x the smoothed RTT in microseconds. */
-	observe(btf_sk_cgroup_id(sk), HIST_SRTT, tp->srtt_us >> 3);
+	if (st && st->established && sk)
+		sample_srtt(sk, st, 0);
 	return 0;
 }
 

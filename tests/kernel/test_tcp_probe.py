@@ -184,6 +184,18 @@ def test_srtt_samples_receiving_connections_at_most_once_per_interval(node):
         busy.kill()
 
 
+def test_short_connections_get_their_rtt_sample_at_close(node):
+    """A connection shorter than the sampling interval is sampled as it closes."""
+    a, b = node.pod("a"), node.pod("b")
+    with AgentProcess() as agent:  # 1 s interval: these connections live a few ms
+        serve(b, 8085)
+        assert run(a, "connect", b.ip, "8085", "5") == "5"
+        s = agent.wait_for(lambda s: s.value("podsight_tcp_srtt_seconds_count", **sel(a)) >= 5)
+        # One each, and a second only if the periodic sampler caught one alive.
+        assert 5 <= s.value("podsight_tcp_srtt_seconds_count", **sel(a)) <= 10
+        assert s.value("podsight_tcp_srtt_seconds_sum", **sel(a)) > 0
+
+
 def test_netfilter_drops_have_their_reason(node):
     a, b = node.pod("a"), node.pod("b")
     with AgentProcess() as agent:
