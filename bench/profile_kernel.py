@@ -133,6 +133,7 @@ def main() -> int:
         server = churn.serve(node, tools["httpd"])
         server.run("iperf3", "-s", "-B", server.ip, "-p", "5203", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         env.wait_listen(server, 5203)
+        by_mode: dict[str, dict[str, float]] = {}
         for mode in ("off", "empty", "podsight"):
             with _attached(mode), tempfile.TemporaryDirectory(prefix="psb-perf-") as tmp:
                 data = str(Path(tmp) / "perf.data")
@@ -149,10 +150,18 @@ def main() -> int:
                 rec.send_signal(2)
                 rec.wait()
                 syms = _perf_symbols(data)
+            by_mode[mode] = syms
             hooks = {s: v for s, v in syms.items() if HOOK_SYMBOLS.match(s)}
             print(f"\n== {mode}: {a.load} {figure}; {sum(hooks.values()):.1f}% of all CPU samples in BPF/hook symbols")
             for s, v in sorted(hooks.items(), key=lambda kv: -kv[1])[: a.top]:
                 print(f"  {v:5.2f}%  {s}")
+    # Costs outside the hooks (allocation, RCU, cache misses in the stack
+    # itself) show only as symbols that grow from "empty" to "podsight".
+    empty, ours = by_mode["empty"], by_mode["podsight"]
+    grew = sorted(((ours.get(k, 0) - empty.get(k, 0), k) for k in set(ours) | set(empty)), reverse=True)
+    print(f"\n== symbols that grew most from empty to podsight (share of all CPU samples)")
+    for d, k in grew[: a.top]:
+        print(f"  {d:+5.2f}%  {k}")
     return 0
 
 

@@ -44,19 +44,23 @@ struct {
 	__type(value, __u64);
 } network_drops SEC(".maps");
 
-/* Per-socket state the kernel does not keep for us, in socket-local
- * storage: found by a pointer from the socket and freed with it, so a close
- * we never saw (agent restarted) leaks nothing. */
+/* Per-socket state the kernel does not keep for us, keyed by the socket's
+ * address from the handshake to TCP_CLOSE (every TCP socket reaches it
+ * before it is freed, so nothing leaks).  A preallocated hash, not socket
+ * storage: storage costs two allocations, a memory-cgroup charge and an RCU
+ * free per socket, which under connection churn cost more than all of our
+ * programs (bench/README.md). */
 struct sock_state {
 	__u64 syn_sent_ns;	/* 0: not an outbound handshake we saw start */
+	__u64 cgroup_id;	/* for the sampler, which has only the address */
 	__u32 established;	/* we counted its open, so we count its close */
 	__u32 last_segs_in;	/* tcp_sock.segs_in at the last RTT sample */
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
 	__type(value, struct sock_state);
 } tcp_socks SEC(".maps");
 
@@ -149,24 +153,17 @@ static __always_inline void observe(__u64 cgid, __u32 kind, __u64 value)
 
 /* One RTT sample if the connection received segments since its last one:
  * the rule of both the periodic sampler and the sample taken at close, so
- * short connections count too.  cgid 0: look it up (only when sampling). */
-static __always_inline void sample_srtt(struct sock *sk, struct sock_state *st, __u64 cgid)
+ * short connections count too.  srtt_us holds 8 x the smoothed RTT in us. */
+static __always_inline void record_srtt(struct sock_state *st, __u32 segs_in, __u32 srtt8)
 {
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
-
-	if (!tp)
+	if (segs_in == st->last_segs_in)
 		return;
-	__u32 segs = tp->segs_in;
-
-	if (segs == st->last_segs_in)
-		return;
-	st->last_segs_in = segs;
-	/* srtt_us holds 8 x the smoothed RTT in microseconds. */
-	observe(cgid ? cgid : btf_sk_cgroup_id(sk), HIST_SRTT, tp->srtt_us >> 3);
+	st->last_segs_in = segs_in;
+	observe(st->cgroup_id, HIST_SRTT, srtt8 >> 3);
 }
 
 /* A BTF tracepoint: the kernel's own arguments, no classic record to fill
- * on each of a connection's ~10 state changes, and socket storage. */
+ * on each of a connection's ~10 state changes, and a trusted socket. */
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(tcp_state, struct sock *sk, int old, int new)
 {
@@ -187,13 +184,12 @@ int BPF_PROG(tcp_state, struct sock *sk, int old, int new)
 	struct tcp_counters *c;
 	struct sock_state *st;
 
+	__u64 key = (__u64)sk;
+
 	if (old == TCP_CLOSE && new == TCP_SYN_SENT) {
-		st = bpf_sk_storage_get(&tcp_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (st) {
-			st->syn_sent_ns = bpf_ktime_get_ns();
-			st->established = 0;
-			st->last_segs_in = 0;
-		}
+		struct sock_state fresh = { .syn_sent_ns = bpf_ktime_get_ns() };
+
+		bpf_map_update_elem(&tcp_socks, &key, &fresh, BPF_ANY);
 		return 0;
 	}
 	if (new == TCP_ESTABLISHED && (old == TCP_SYN_SENT || old == TCP_SYN_RECV)) {
@@ -201,7 +197,7 @@ int BPF_PROG(tcp_state, struct sock *sk, int old, int new)
 		c = counters(cgid);
 		if (!c)
 			return 0;
-		st = bpf_sk_storage_get(&tcp_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		st = bpf_map_lookup_elem(&tcp_socks, &key);
 		if (old == TCP_SYN_SENT) {
 			__sync_fetch_and_add(&c->opened_outbound, 1);
 			if (st && st->syn_sent_ns)
@@ -209,14 +205,20 @@ int BPF_PROG(tcp_state, struct sock *sk, int old, int new)
 		} else {
 			__sync_fetch_and_add(&c->opened_inbound, 1);
 		}
-		if (st)
+		if (st) {
+			st->cgroup_id = cgid;
 			st->established = 1;
+		} else {
+			struct sock_state fresh = { .cgroup_id = cgid, .established = 1 };
+
+			bpf_map_update_elem(&tcp_socks, &key, &fresh, BPF_ANY);
+		}
 		return 0;
 	}
 
 	cgid = btf_sk_cgroup_id(sk);
 	c = counters(cgid);
-	st = bpf_sk_storage_get(&tcp_socks, sk, 0, 0);
+	st = bpf_map_lookup_elem(&tcp_socks, &key);
 	if (c) {
 		if (old == TCP_SYN_SENT) {
 			__sync_fetch_and_add(&c->failed_outbound, 1);
@@ -226,12 +228,14 @@ int BPF_PROG(tcp_state, struct sock *sk, int old, int new)
 			/* Only closes of connections whose open we counted, so
 			 * that opened - closed is the number still active. */
 			__sync_fetch_and_add(&c->closed, 1);
-			sample_srtt(sk, st, cgid);
-			st->established = 0;	/* counted once; the sampler skips it now */
+			struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+
+			if (tp)
+				record_srtt(st, tp->segs_in, tp->srtt_us);
 		}
 	}
-	/* The entry stays until the kernel frees the socket: deleting it here
-	 * cost ~50 ns per run more (bench), and a reconnect resets it. */
+	if (st)
+		bpf_map_delete_elem(&tcp_socks, &key);
 	return 0;
 }
 
@@ -285,15 +289,24 @@ int tcp_receive_reset(struct trace_event_raw_tcp_event_sk *ctx)
 /* RTT samples without a program per received segment: the agent runs this
  * iterator every probes.tcp.srtt_sample_interval over the connections
  * whose open we counted, and each one that received segments since its last
- * sample adds the kernel's smoothed RTT once (and once more as it closes). */
-SEC("iter/bpf_sk_storage_map")
-int tcp_rtt_sample(struct bpf_iter__bpf_sk_storage_map *ctx)
+ * sample adds the kernel's smoothed RTT once (and once more as it closes).
+ *
+ * The key is the socket's address.  Its entry goes at TCP_CLOSE, before the
+ * socket can be freed; if a close races with these reads, the memory is
+ * still a tcp_sock (the slab is SLAB_TYPESAFE_BY_RCU and iterators run
+ * under RCU), so the worst case is one sample read from the connection that
+ * reused it, recorded for this entry's cgroup. */
+SEC("iter/bpf_map_elem")
+int tcp_rtt_sample(struct bpf_iter__bpf_map_elem *ctx)
 {
+	__u64 *key = ctx->key;
 	struct sock_state *st = ctx->value;
-	struct sock *sk = ctx->sk;	/* once: the verifier tracks its NULL check */
 
-	if (st && st->established && sk)
-		sample_srtt(sk, st, 0);
+	if (!key || !st || !st->established)
+		return 0;
+	const struct tcp_sock *tp = (const struct tcp_sock *)*key;
+
+	record_srtt(st, BPF_CORE_READ(tp, segs_in), BPF_CORE_READ(tp, srtt_us));
 	return 0;
 }
 

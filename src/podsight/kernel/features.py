@@ -31,7 +31,6 @@ TRACEPOINTS = {
 }
 
 BPF_FUNC_SKB_CGROUP_ID = 79
-BPF_FUNC_SK_STORAGE_GET = 107
 
 
 @dataclass(frozen=True)
@@ -95,14 +94,12 @@ def run_checks() -> list[Check]:
     ):
         ok = _probe_prog(kind)
         out.append(Check(f"program type {kind}", ok, why, core))
-    out.append(Check("program type tracing (tp_btf)", probe_tp_btf(), "network and tcp probes: tp_btf, iterators", False))
-    for kind, core in (("percpu_hash", True), ("sk_storage", False), ("ringbuf", False)):
+    out.append(Check("program type tracing (tp_btf)", probe_tp_btf(), "tcp probe: tp_btf, map iterator", False))
+    for kind, core in (("percpu_hash", True), ("ringbuf", False)):
         ok = lib.libbpf_probe_bpf_map_type(MAP_TYPES[kind], None) == 1
         out.append(Check(f"map type {kind}", ok, "", core))
     ok = lib.libbpf_probe_bpf_helper(PROG_TYPES["cgroup_skb"], BPF_FUNC_SKB_CGROUP_ID, None) == 1
     out.append(Check("helper bpf_skb_cgroup_id in cgroup_skb", ok, "socket cgroup attribution", True))
-    ok = lib.libbpf_probe_bpf_helper(PROG_TYPES["cgroup_skb"], BPF_FUNC_SK_STORAGE_GET, None) == 1
-    out.append(Check("helper bpf_sk_storage_get in cgroup_skb", ok, "network probe: per-socket counters", False))
 
     for family, tps in TRACEPOINTS.items():
         for tp in tps:

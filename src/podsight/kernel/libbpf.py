@@ -159,5 +159,5 @@ PROG_TYPES = {
     "tracing": 26,  # fentry/tp_btf
     "kprobe": 2,
 }
-MAP_TYPES = {"percpu_hash": 5, "hash": 1, "ringbuf": 27, "percpu_array": 6, "sk_storage": 24}
+MAP_TYPES = {"percpu_hash": 5, "hash": 1, "ringbuf": 27, "percpu_array": 6}
 BPF_STATS_RUN_TIME = 0

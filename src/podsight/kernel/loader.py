@@ -265,7 +265,7 @@ class BpfObject:
         raise KeyError(prog_name)
 
     def attach_iter(self, prog_name: str, map_name: str) -> Link:
-        """Attach a map-element iterator (``iter/bpf_sk_storage_map`` …) to one of our maps."""
+        """Attach a map-element iterator (``iter/bpf_map_elem`` …) to one of our maps."""
         info = _IterMapInfo(self.maps[map_name].fd)
         opts = _IterAttachOpts(ctypes.sizeof(_IterAttachOpts), ctypes.addressof(info), ctypes.sizeof(info))
         for name, prog in self._programs():
