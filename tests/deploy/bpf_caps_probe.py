@@ -20,7 +20,8 @@ SYSCALLS = {"x86_64": (321, 298), "aarch64": (280, 241)}  # (bpf, perf_event_ope
 NR_BPF, NR_PERF_EVENT_OPEN = SYSCALLS[platform.machine()]
 
 BPF_MAP_CREATE, BPF_PROG_LOAD, BPF_LINK_CREATE, BPF_ENABLE_STATS = 0, 5, 28, 32
-PROG_TRACEPOINT, PROG_CGROUP_SKB, PROG_RAW_TRACEPOINT = 5, 8, 17
+PROG_TRACEPOINT, PROG_CGROUP_SKB, PROG_TRACING = 5, 8, 26
+BPF_TRACE_RAW_TP = 23  # tp_btf
 MAP_RINGBUF = 27
 CGROUP_INET_INGRESS = 0
 PERF_TYPE_TRACEPOINT = 2
@@ -42,14 +43,22 @@ def bpf(cmd: int, attr: bytes) -> int:
     return ret if ret >= 0 else -ctypes.get_errno()
 
 
-def prog_load(prog_type: int, expected_attach_type: int = 0) -> int:
+def prog_load(prog_type: int, expected_attach_type: int = 0, attach_btf_id: int = 0) -> int:
     insns = struct.pack("<BBhi", 0xB7, 0, 0, 1) + struct.pack("<BBhi", 0x95, 0, 0, 0)
     code, lic = ctypes.create_string_buffer(insns), ctypes.create_string_buffer(b"GPL")
     _keep.extend([code, lic])
     # prog_type, insn_cnt, insns, license, log_level, log_size, log_buf, kern_version, prog_flags
     attr = struct.pack("<IIQQIIQII", prog_type, 2, ctypes.addressof(code), ctypes.addressof(lic), 0, 0, 0, 0, 0)
     attr = attr.ljust(68, b"\0") + struct.pack("<I", expected_attach_type)  # expected_attach_type @ 68
+    attr = attr.ljust(108, b"\0") + struct.pack("<I", attach_btf_id)  # attach_btf_id @ 108
     return bpf(BPF_PROG_LOAD, attr)
+
+
+def tp_btf_id(tracepoint: str) -> int:
+    """BTF id of the tracepoint's btf_trace_* type, the way libbpf finds it."""
+    lib = ctypes.CDLL("libbpf.so.1")
+    lib.libbpf_find_vmlinux_btf_id.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    return lib.libbpf_find_vmlinux_btf_id(tracepoint.encode(), BPF_TRACE_RAW_TP)
 
 
 def main() -> None:
@@ -67,7 +76,8 @@ def main() -> None:
 
     tp = prog_load(PROG_TRACEPOINT)
     res["prog_load_tracepoint"] = result(tp)
-    res["prog_load_raw_tracepoint"] = result(prog_load(PROG_RAW_TRACEPOINT))
+    # The TCP probe's inet_sock_set_state program and its map iterator are both tracing programs.
+    res["prog_load_tp_btf"] = result(prog_load(PROG_TRACING, BPF_TRACE_RAW_TP, tp_btf_id("inet_sock_set_state")))
     with open(os.path.join(tracefs, "events/sched/sched_process_exec/id")) as f:
         tp_id = int(f.read())
     # perf_event_attr: type, size, config, sample_period, sample_type, read_format, flags

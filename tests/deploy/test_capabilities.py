@@ -18,7 +18,7 @@ pytestmark = pytest.mark.root
 
 PROBE = Path(__file__).with_name("bpf_caps_probe.py")
 CORE_OPS = ["map_create_ringbuf", "prog_load_cgroup_skb", "link_cgroup_skb", "prog_load_tracepoint",
-            "prog_load_raw_tracepoint", "perf_event_open_tracepoint"]
+            "prog_load_tp_btf", "perf_event_open_tracepoint"]
 
 
 def _mount_of(fstype: str) -> str:
@@ -79,6 +79,7 @@ def test_chart_capabilities_are_enough(cgroup_dir):
 @pytest.mark.parametrize("dropped,breaks", [
     ("BPF", "map_create_ringbuf"),
     ("PERFMON", "prog_load_tracepoint"),
+    ("PERFMON", "prog_load_tp_btf"),
     ("NET_ADMIN", "link_cgroup_skb"),
 ])
 def test_each_chart_capability_is_needed(dropped, breaks, cgroup_dir):
