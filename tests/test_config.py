@@ -32,6 +32,7 @@ def test_file_then_env_then_flags(tmp_path):
     ({"PODSIGHT_NOPE": "1"}, "environment PODSIGHT_NOPE: nope: unknown key"),
     ({"PODSIGHT_SECURITY__RATE_LIMIT__BURST": "0"}, "security.rate_limit.burst"),
     ({"PODSIGHT_SECURITY__RINGBUF_SIZE_KB": "100"}, "power of two"),
+    ({"PODSIGHT_PROBES__TCP__MAX_TRACKED_CONNECTIONS": "10"}, "probes.tcp.max_tracked_connections"),
     ({"PODSIGHT_LABELS__LEVEL": "node"}, "labels.level: expected one of container, pod"),
 ])
 def test_env_errors_name_the_variable(env, needle):

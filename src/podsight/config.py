@@ -64,9 +64,13 @@ class NetworkProbe:
 @dataclass
 class TcpProbe:
     enabled: bool = True
-    # Minimum time between two RTT samples of one socket: bounds the cost of
-    # busy sockets while long-lived connections still contribute as they live.
+    # How often the RTT sampler visits the tracked connections: each that
+    # received segments since its last sample adds one (and one as it closes).
     srtt_sample_interval: Duration = Duration(1.0)
+    # Connections open at once the kernel tracks (kernel memory is reserved
+    # for all of them, about 100 bytes each); beyond it, new connections'
+    # opens still count but their closes and RTT do not.
+    max_tracked_connections: int = 65536
 
 
 @dataclass
@@ -271,6 +275,9 @@ def _check(cfg: Config, where: dict[str, str]) -> None:
         fail("security.rate_limit.events_per_second", "expected a positive integer")
     if cfg.security.rate_limit.burst < 1:
         fail("security.rate_limit.burst", "expected a positive integer")
+    if not 1024 <= cfg.probes.tcp.max_tracked_connections <= 4_194_304:
+        fail("probes.tcp.max_tracked_connections",
+             f"expected an integer from 1024 to 4194304, got {cfg.probes.tcp.max_tracked_connections}")
     size = cfg.security.ringbuf_size_kb
     if size < 4 or size & (size - 1):
         fail("security.ringbuf_size_kb", f"expected a power of two >= 4, got {size}")

@@ -234,3 +234,25 @@ def test_ipv6_connections_and_bytes(node):
         assert s.value("podsight_tcp_connections_opened_total", direction="inbound", **sel(p)) == 3
         assert s.value("podsight_tcp_connections_closed_total", **sel(p)) == 6
         assert s.value("podsight_network_bytes_total", direction="egress", **sel(p)) >= 3 * 100_003
+
+
+def test_tracked_connections_capacity_is_configurable():
+    """probes.tcp.max_tracked_connections sizes the kernel's connection table."""
+    from podsight.config import load_config
+    from podsight.kernel import mounts
+    from podsight.kernel.probes import TcpProbe
+
+    cfg = load_config(None, env={"PODSIGHT_PROBES__TCP__MAX_TRACKED_CONNECTIONS": "2048"})
+    probe = TcpProbe()
+    assert probe.start(cfg, mounts.cgroup2_root()), probe.error
+    try:
+        m = probe.obj.maps["tcp_socks"]
+        out = sh("bpftool", "map", "show", "id", str(_map_id(m.fd)))
+        assert "max_entries 2048" in out, out
+    finally:
+        probe.stop()
+
+
+def _map_id(fd: int) -> int:
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        return int(re.search(r"^map_id:\s+(\d+)$", f.read(), re.M).group(1))

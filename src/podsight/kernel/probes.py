@@ -99,6 +99,7 @@ class TcpProbe(Probe):
 
     def configure(self, obj: BpfObject, cfg: Config) -> None:
         self.sample_interval = float(cfg.probes.tcp.srtt_sample_interval)
+        obj.set_max_entries("tcp_socks", cfg.probes.tcp.max_tracked_connections)
         events = os.path.join(mounts.tracefs_root(), "events")
         self._present = {}
         for part, progs in self.PARTS.items():
