@@ -34,18 +34,14 @@ def table(res: dict) -> str:
              "figures: median [min..max] over repeats", ""]
     rows: list[tuple[str, str, str]] = []
     f = res["figures"]
-    if "throughput" in f:
-        t = f["throughput"]
-        rows.append(("iperf3 Gbit/s off -> on", f"{_mmm(t['off'])} -> {_mmm(t['on'])}", ""))
-        rows.append(("iperf3 on/off", _mmm(t["ratio"], 4), _verdict(t["budget"])))
-        if "empty_programs_ratio" in t:
-            rows.append(("iperf3 empty programs/off", _mmm(t["empty_programs_ratio"], 4), ""))
-    if "churn" in f:
-        c = f["churn"]
-        rows.append(("churn conn/s off -> on", f"{_mmm(c['off'], 0)} -> {_mmm(c['on'], 0)}", ""))
-        rows.append(("churn on/off", _mmm(c["ratio"], 4), _verdict(c["budget"])))
-        if "empty_programs_ratio" in c:
-            rows.append(("churn empty programs/off", _mmm(c["empty_programs_ratio"], 4), ""))
+    for key, name, unit, digits in (("throughput", "iperf3", "Gbit/s", 1), ("churn", "churn", "conn/s", 0)):
+        if key not in f:
+            continue
+        x = f[key]
+        rows.append((f"{name} {unit} off -> on", f"{_mmm(x['off'], digits)} -> {_mmm(x['on'], digits)}", ""))
+        rows.append((f"{name} on/off", _mmm(x["ratio"], 4), _verdict(x["budget"])))
+        if "empty_programs_ratio" in x:
+            rows.append((f"{name} empty programs/off", _mmm(x["empty_programs_ratio"], 4), ""))
     if "kernel_cost" in f:
         for prog, p in f["kernel_cost"]["programs"].items():
             if not p.get("runs_per_repeat") or not p["ns_per_run"]["n"]:

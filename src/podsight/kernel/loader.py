@@ -44,16 +44,14 @@ class Link:
         self._ptr: int | None = ptr
         self.what = what
 
-    def run_iter(self) -> bytes:
-        """Run an iterator link once over all its elements; what the program printed."""
+    def run_iter(self) -> None:
+        """Run an iterator link once over all its elements (its programs print nothing)."""
         if not self._ptr:
             raise ValueError(f"{self.what}: link destroyed")
         fd = check_int("bpf_iter_create", lib.bpf_iter_create(lib.bpf_link__fd(self._ptr)), self.what)
         try:
-            out = []
-            while chunk := os.read(fd, 4096):
-                out.append(chunk)
-            return b"".join(out)
+            while os.read(fd, 4096):
+                pass
         finally:
             os.close(fd)
 
@@ -237,12 +235,14 @@ class BpfObject:
                 return
         raise KeyError(map_name)
 
-    def set_autoload(self, prog_name: str, on: bool) -> None:
+    def _program(self, prog_name: str) -> int:
         for name, prog in self._programs():
             if name == prog_name:
-                check_int("bpf_program__set_autoload", lib.bpf_program__set_autoload(prog, on))
-                return
+                return prog
         raise KeyError(prog_name)
+
+    def set_autoload(self, prog_name: str, on: bool) -> None:
+        check_int("bpf_program__set_autoload", lib.bpf_program__set_autoload(self._program(prog_name), on))
 
     def load(self) -> None:
         check_int("bpf_object__load", lib.bpf_object__load(self._obj), str(self.path))
@@ -255,39 +255,30 @@ class BpfObject:
         """Program name → fd, for programs that were loaded."""
         return {n: lib.bpf_program__fd(p) for n, p in self._programs() if lib.bpf_program__fd(p) >= 0}
 
+    def _keep(self, link: Link) -> Link:
+        self.links.append(link)
+        return link
+
     def attach(self, prog_name: str) -> Link:
         """Attach by section name (tracepoint/…, raw_tp/…, tp_btf/…)."""
-        for name, prog in self._programs():
-            if name == prog_name:
-                link = Link(check_ptr("bpf_program__attach", lib.bpf_program__attach(prog), prog_name), prog_name)
-                self.links.append(link)
-                return link
-        raise KeyError(prog_name)
+        ptr = lib.bpf_program__attach(self._program(prog_name))
+        return self._keep(Link(check_ptr("bpf_program__attach", ptr, prog_name), prog_name))
 
     def attach_iter(self, prog_name: str, map_name: str) -> Link:
         """Attach a map-element iterator (``iter/bpf_map_elem`` …) to one of our maps."""
         info = _IterMapInfo(self.maps[map_name].fd)
         opts = _IterAttachOpts(ctypes.sizeof(_IterAttachOpts), ctypes.addressof(info), ctypes.sizeof(info))
-        for name, prog in self._programs():
-            if name == prog_name:
-                ptr = lib.bpf_program__attach_iter(prog, ctypes.byref(opts))
-                link = Link(check_ptr("bpf_program__attach_iter", ptr, f"{prog_name} on {map_name}"), prog_name)
-                self.links.append(link)
-                return link
-        raise KeyError(prog_name)
+        ptr = lib.bpf_program__attach_iter(self._program(prog_name), ctypes.byref(opts))
+        return self._keep(Link(check_ptr("bpf_program__attach_iter", ptr, f"{prog_name} on {map_name}"), prog_name))
 
     def attach_cgroup(self, prog_name: str, cgroup_path: str) -> Link:
+        prog = self._program(prog_name)
         fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            for name, prog in self._programs():
-                if name == prog_name:
-                    ptr = lib.bpf_program__attach_cgroup(prog, fd)
-                    link = Link(check_ptr("bpf_program__attach_cgroup", ptr, f"{prog_name} on {cgroup_path}"), prog_name)
-                    self.links.append(link)
-                    return link
-            raise KeyError(prog_name)
+            ptr = lib.bpf_program__attach_cgroup(prog, fd)
         finally:
             os.close(fd)  # the link holds its own reference to the cgroup
+        return self._keep(Link(check_ptr("bpf_program__attach_cgroup", ptr, f"{prog_name} on {cgroup_path}"), prog_name))
 
     def close(self) -> None:
         for link in reversed(self.links):
