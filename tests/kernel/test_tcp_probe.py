@@ -256,3 +256,19 @@ def test_tracked_connections_capacity_is_configurable():
 def _map_id(fd: int) -> int:
     with open(f"/proc/self/fdinfo/{fd}") as f:
         return int(re.search(r"^map_id:\s+(\d+)$", f.read(), re.M).group(1))
+
+
+def test_kernel_without_the_map_iterator_loses_only_rtt(monkeypatch):
+    """A kernel without iter/bpf_map_elem: the sampler stays unloaded, tcp_rtt reports 0, the rest runs."""
+    from podsight.config import Config
+    from podsight.kernel import mounts, probes
+
+    monkeypatch.setattr(probes, "has_iterator", lambda target: False)
+    probe = probes.TcpProbe()
+    assert probe.start(Config(), mounts.cgroup2_root()), probe.error
+    try:
+        assert probe.status() == {"tcp": True, "tcp_rtt": False, "network_drops": True}
+        assert "tcp_rtt_sample" not in probe.obj.loaded_programs()
+        probe.sample()  # nothing to run, and no error
+    finally:
+        probe.stop()

@@ -54,6 +54,12 @@ class _ProgLoadOpts(ctypes.Structure):
 
 
 BPF_TRACE_RAW_TP = 23
+BPF_TRACE_ITER = 28
+
+
+def has_iterator(target: str) -> bool:
+    """Whether this kernel has the BPF iterator ``target`` (e.g. ``bpf_map_elem``)."""
+    return lib.libbpf_find_vmlinux_btf_id(target.encode(), BPF_TRACE_ITER) > 0
 
 
 def probe_tp_btf(tracepoint: str = "inet_sock_set_state") -> bool:
@@ -94,7 +100,8 @@ def run_checks() -> list[Check]:
     ):
         ok = _probe_prog(kind)
         out.append(Check(f"program type {kind}", ok, why, core))
-    out.append(Check("program type tracing (tp_btf)", probe_tp_btf(), "tcp probe: tp_btf, map iterator", False))
+    out.append(Check("program type tracing (tp_btf)", probe_tp_btf(), "tcp probe: connection states", False))
+    out.append(Check("iterator bpf_map_elem", has_iterator("bpf_map_elem"), "tcp probe: RTT sampler", False))
     for kind, core in (("percpu_hash", True), ("ringbuf", False)):
         ok = lib.libbpf_probe_bpf_map_type(MAP_TYPES[kind], None) == 1
         out.append(Check(f"map type {kind}", ok, "", core))

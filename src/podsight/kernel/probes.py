@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from ..config import Config
 from . import mounts
+from .features import has_iterator
 from .layouts import SEC_PREFIX_LEN, SEC_PREFIXES, PodRoot, SecurityConfig
 from .loader import BpfObject, Link
 
@@ -88,7 +89,7 @@ class TcpProbe(Probe):
             "tcp_send_reset": "tcp/tcp_send_reset",
             "tcp_receive_reset": "tcp/tcp_receive_reset",
         },
-        "tcp_rtt": {"tcp_rtt_sample": None},  # an iterator: no tracepoint
+        "tcp_rtt": {"tcp_rtt_sample": "iter:bpf_map_elem"},  # an iterator, not a tracepoint
         "network_drops": {"skb_drop": "skb/kfree_skb"},
     }
 
@@ -104,10 +105,13 @@ class TcpProbe(Probe):
         self._present = {}
         for part, progs in self.PARTS.items():
             for prog, tp in progs.items():
-                ok = tp is None or os.path.isdir(os.path.join(events, tp))
+                if tp.startswith("iter:"):
+                    ok = has_iterator(tp[len("iter:"):])
+                else:
+                    ok = os.path.isdir(os.path.join(events, tp))
                 self._present[prog] = ok
                 if not ok:
-                    log.warning("tracepoint %s missing on this kernel: %s part disabled", tp, part)
+                    log.warning("%s missing on this kernel: %s part disabled", tp, part)
                     obj.set_autoload(prog, False)
 
     def attach(self, obj: BpfObject, cfg: Config, cgroup_root: str) -> None:
