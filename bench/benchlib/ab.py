@@ -32,7 +32,9 @@ def alternate(measure: Callable[[], float], repeats: int, log: Callable[[str], N
     return {"off": summary(runs["off"]), "on": summary(runs["on"]),
             "ratio": summary(ratio_pairs(runs["on"], runs["off"])),
             "empty_programs": summary(runs["floor"]),
-            "empty_programs_ratio": summary(ratio_pairs(runs["floor"], runs["off"]))}
+            "empty_programs_ratio": summary(ratio_pairs(runs["floor"], runs["off"])),
+            # What podsight's own code costs on top of the hooks' floor.
+            "on_vs_empty_ratio": summary(ratio_pairs(runs["on"], runs["floor"]))}
 
 
 @contextlib.contextmanager

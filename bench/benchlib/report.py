@@ -42,6 +42,7 @@ def table(res: dict) -> str:
         rows.append((f"{name} on/off", _mmm(x["ratio"], 4), _verdict(x["budget"])))
         if "empty_programs_ratio" in x:
             rows.append((f"{name} empty programs/off", _mmm(x["empty_programs_ratio"], 4), ""))
+            rows.append((f"{name} on/empty programs", _mmm(x["on_vs_empty_ratio"], 4), ""))
     if "kernel_cost" in f:
         for prog, p in f["kernel_cost"]["programs"].items():
             if not p.get("runs_per_repeat") or not p["ns_per_run"]["n"]:

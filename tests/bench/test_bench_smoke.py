@@ -60,6 +60,8 @@ def test_off_on_ratios(result):
         assert fig["empty_programs_ratio"]["median"] == pytest.approx(
             fig["empty_programs"]["median"] / fig["off"]["median"])
         sane(fig["empty_programs_ratio"], 0.2, 5)
+        assert fig["on_vs_empty_ratio"]["median"] == pytest.approx(
+            fig["on"]["median"] / fig["empty_programs"]["median"])
 
 
 def test_kernel_cost_has_podsight_and_floor_under_the_same_loads(result):
