@@ -88,7 +88,7 @@ def variants(tools, seconds: float, rounds: int = 3, only: list[str] | None = No
                 churn.wrk(client, server, seconds)
 
         sets = [("podsight", kernel_cost.podsight_programs),
-                ("empty", lambda: kernel_cost.floor_programs(tools["empty_dir"], "empty", ("empty_egress", "empty_ingress", "empty_rtt")))]
+                ("empty", lambda: kernel_cost.floor_programs(tools["empty_dir"], "empty", ("empty_egress", "empty_ingress", "empty_state")))]
         for v in VARIANTS:
             if only and v not in only:
                 continue
@@ -108,7 +108,7 @@ def variants(tools, seconds: float, rounds: int = 3, only: list[str] | None = No
 
     rows = {k: (statistics.median(v), min(v), max(v)) for k, v in rows.items()}
     print(f"{'program (alone on its hook)':<28} ns/run median [min..max] over {rounds} rounds")
-    for name in ("empty_egress", "empty_ingress", "network_egress", "network_ingress", "empty_rtt", "tcp_rtt", *VARIANTS):
+    for name in ("empty_egress", "empty_ingress", "network_egress", "network_ingress", "empty_state", "tcp_state", *VARIANTS):
         if name in rows:
             print(f"{name:<28} {rows[name][0]:6.1f} [{rows[name][1]:.1f}..{rows[name][2]:.1f}]")
     return 0
