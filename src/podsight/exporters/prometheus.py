@@ -19,7 +19,7 @@ _T = {name: i for i, (name, _) in enumerate(TcpCounters._fields_)}
 # Microsecond base unit; buckets 16 us .. ~4.2 s, then +Inf.
 _US_BUCKETS = Buckets(1e-6, 4, 22)
 _HISTOGRAMS = {
-    str(HIST_SRTT): ("podsight_tcp_srtt_seconds", "Smoothed RTT of the workload's TCP connections, sampled while they live."),
+    str(HIST_SRTT): ("podsight_tcp_srtt_seconds", "Kernel smoothed RTT of the workload's TCP connections: one sample per connection per interval while it receives, and one as it closes."),
     str(HIST_CONNECT): ("podsight_tcp_connect_duration_seconds", "Time from SYN sent to connection established, outbound."),
 }
 
