@@ -122,3 +122,13 @@ def test_rules_check_command(tmp_path):
     r = subprocess.run([sys.executable, "-m", "podsight.cli", "rules", "check", str(bad)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and f"{bad}:3" in r.stderr and "exex" in r.stderr, r.stderr
+
+
+def test_malloc_arena_cap_is_accepted_by_this_libc():
+    """`podsight run` caps glibc's arenas (an RSS saving the bench measures); glibc must accept the parameter."""
+    import ctypes
+
+    from podsight import cli
+
+    cli._fewer_malloc_arenas()  # never raises
+    assert ctypes.CDLL(None).mallopt(cli._M_ARENA_MAX, 2) == 1

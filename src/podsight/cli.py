@@ -70,7 +70,26 @@ def _load(args) -> Config:
     return load_config(args.config, overrides=overrides)
 
 
+_M_ARENA_MAX = -8  # glibc mallopt parameter
+
+
+def _fewer_malloc_arenas() -> None:
+    """Cap glibc's malloc arenas at 2 before any thread starts.
+
+    The agent's threads mostly wait, and an arena per thread only holds
+    memory: 49 MB instead of 54 MB RSS at 1,000 pods (bench/README.md).
+    The same as MALLOC_ARENA_MAX=2, but it holds however the agent is started.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 2)
+    except (OSError, AttributeError):  # not glibc: nothing to cap
+        pass
+
+
 def _run(args) -> int:
+    _fewer_malloc_arenas()
     try:
         cfg = _load(args)
     except ConfigError as e:
