@@ -180,11 +180,10 @@ int BPF_PROG(tcp_state, struct sock *sk, int old, int new)
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
 
+	__u64 key = (__u64)sk;	/* tcp_socks is keyed by the socket's address */
 	__u64 cgid;
 	struct tcp_counters *c;
 	struct sock_state *st;
-
-	__u64 key = (__u64)sk;
 
 	if (old == TCP_CLOSE && new == TCP_SYN_SENT) {
 		struct sock_state fresh = { .syn_sent_ns = bpf_ktime_get_ns() };
