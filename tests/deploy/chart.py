@@ -1,7 +1,7 @@
 """Helpers for the deployment tests: run the real helm, validate what it renders.
 
 helm comes from ``scripts/fetch-helm.sh`` (``.tools/bin/helm``); CRD schemas
-from ``../shared/crds`` beside the repository (CI clones shared/ next to it).
+from the upstream definitions vendored in ``tests/deploy/crds``.
 """
 from __future__ import annotations
 
@@ -23,8 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "podsight"
 FLUX = REPO / "deploy" / "flux"
 HELM = REPO / ".tools" / "bin" / "helm"
-SHARED = REPO.parent / "shared"
-CRDS = SHARED / "crds"
+CRDS = Path(__file__).resolve().parent / "crds"
 
 # A current Kubernetes release: helm renders for it and kubernetes-validate
 # checks core kinds against its OpenAPI schemas.
@@ -154,9 +153,7 @@ def _strict(schema):
 
 @functools.lru_cache(maxsize=None)
 def crd_schemas() -> dict:
-    """(apiVersion, kind) → openAPIV3Schema of the CRDs in ../shared/crds."""
-    if not CRDS.is_dir():
-        pytest.fail(f"{CRDS} is missing: the shared/ directory must sit beside the repository")
+    """(apiVersion, kind) → openAPIV3Schema of the CRDs in tests/deploy/crds."""
     out = {}
     for path in sorted(CRDS.glob("*.yaml")):
         for crd in yaml.safe_load_all(path.read_text()):
