@@ -55,6 +55,14 @@ struct drop_key {
 	__u32 pad;
 };
 
+/* Load-time knobs of tcp.bpf.c: a bitmap of the kernel drop reasons
+ * (enum skb_drop_reason, numbered by this kernel) that are not counted.
+ * Reasons from 256 up (subsystem ones) are always counted. */
+#define PODSIGHT_DROP_REASON_WORDS 4
+struct tcp_config {
+	__u64 ignored_drop_reasons[PODSIGHT_DROP_REASON_WORDS];
+};
+
 /* ---- security events (security.bpf.c) ---- */
 
 #define SEC_COMM_LEN 16

@@ -44,6 +44,9 @@ struct {
 	__type(value, __u64);
 } network_drops SEC(".maps");
 
+/* Set by the agent before load (podsight.kernel.probes.tcp_config). */
+const volatile struct tcp_config cfg SEC(".rodata.config") = {};
+
 /* Per-socket state the kernel does not keep for us, keyed by the socket's
  * address from the handshake to TCP_CLOSE (every TCP socket reaches it
  * before it is freed, so nothing leaks).  A preallocated hash, not socket
@@ -312,13 +315,20 @@ int tcp_rtt_sample(struct bpf_iter__bpf_map_elem *ctx)
 SEC("tracepoint/skb/kfree_skb")
 int skb_drop(struct trace_event_raw_kfree_skb *ctx)
 {
+	__u32 reason = ctx->reason;
+
+	/* Ignored reasons (by default QUEUE_PURGE: a closed socket's queue freed,
+	 * once per actively closed connection) leave before any socket read. */
+	if (reason < PODSIGHT_DROP_REASON_WORDS * 64 &&
+	    (cfg.ignored_drop_reasons[reason / 64] >> (reason % 64)) & 1)
+		return 0;
 	const struct sk_buff *skb = ctx->skbaddr;
 	const struct sock *sk = BPF_CORE_READ(skb, sk);
 
 	/* rx_sk (6.10+) names the receiving socket when the skb has none yet. */
 	if (!sk && bpf_core_field_exists(ctx->rx_sk))
 		sk = ctx->rx_sk;
-	struct drop_key key = { .cgroup_id = sk_cgroup_id(sk), .reason = ctx->reason };
+	struct drop_key key = { .cgroup_id = sk_cgroup_id(sk), .reason = reason };
 	__u64 zero = 0;
 	__u64 *n = lookup_or_init(&network_drops, &key, &zero);
 

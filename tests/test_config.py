@@ -40,6 +40,17 @@ def test_env_errors_name_the_variable(env, needle):
         load_config(None, env=env)
 
 
+def test_drop_reason_names_are_checked_before_anything_attaches(tmp_path):
+    assert Config().probes.tcp.ignored_drop_reasons == ["QUEUE_PURGE"]
+    f = tmp_path / "c.yaml"
+    f.write_text("probes:\n  tcp:\n    ignored_drop_reasons:\n      - QUEUE_PURGE\n      - queue purge\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{f}:5: probes.tcp.ignored_drop_reasons[1]: expected a kernel "
+                                                    "drop reason name like QUEUE_PURGE, got 'queue purge'")):
+        load_config(f, env={})
+    # Every reason counted: an empty list.
+    assert load_config(None, env={"PODSIGHT_PROBES__TCP__IGNORED_DROP_REASONS": "[]"}).probes.tcp.ignored_drop_reasons == []
+
+
 def test_runtime_path_variables_are_not_config():
     assert load_config(None, env={"PODSIGHT_BPF_DIR": "/x", "PODSIGHT_LIBBPF": "/y", "PODSIGHT_CONFIG": "/z"}) == Config()
 

@@ -23,7 +23,6 @@ from .kernel.libbpf import BPF_STATS_RUN_TIME, LibbpfError, check_int, lib
 from .kernel.probes import NetworkProbe, Probe, ProgramStats, TcpProbe, program_stats
 from .kernel.layouts import SEC_DROPS, SEC_KINDS
 from .reader.counters import PAIR_KEY, U32_KEY, U64_KEY, read_counters
-from .reader.drop_reasons import drop_reasons
 from .reader.ledger import Ledger
 
 __all__ = ["Agent", "Snapshot", "Source", "node_name"]
@@ -125,7 +124,7 @@ class Agent:
         for probe in self.probes.values():
             probe.start(self.cfg, self.cgroup_root)
         if "tcp" in self.probes and self.probes["tcp"].up:
-            self.drop_reasons = drop_reasons(mounts.tracefs_root())
+            self.drop_reasons = self.probes["tcp"].drop_reasons
         self._gc_thread = threading.Thread(target=self._gc_loop, name="podsight-gc", daemon=True)
         self._gc_thread.start()
         self._sample_thread = threading.Thread(target=self._sample_loop, name="podsight-sample", daemon=True)

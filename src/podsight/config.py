@@ -71,6 +71,11 @@ class TcpProbe:
     # for all of them, about 100 bytes each); beyond it, new connections'
     # opens still count but their closes and RTT do not.
     max_tracked_connections: int = 65536
+    # Kernel drop reasons (names as in the `reason` label) not counted in
+    # podsight_network_drops_total.  QUEUE_PURGE is a closed socket's queue
+    # being freed: the peer's FIN reaching a connection we closed first, once
+    # per actively closed connection, not a network drop.
+    ignored_drop_reasons: list[str] = field(default_factory=lambda: ["QUEUE_PURGE"])
 
 
 @dataclass
@@ -154,6 +159,8 @@ _CHOICES = {
     "kubernetes.enabled": ("auto", "true", "false"),
     "labels.level": ("container", "pod"),
 }
+# enum skb_drop_reason names, as the kernel's tracepoint format prints them.
+_DROP_REASON = re.compile(r"[A-Z][A-Z0-9_]*")
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -278,6 +285,10 @@ def _check(cfg: Config, where: dict[str, str]) -> None:
     if not 1024 <= cfg.probes.tcp.max_tracked_connections <= 4_194_304:
         fail("probes.tcp.max_tracked_connections",
              f"expected an integer from 1024 to 4194304, got {cfg.probes.tcp.max_tracked_connections}")
+    for i, name in enumerate(cfg.probes.tcp.ignored_drop_reasons):
+        if not _DROP_REASON.fullmatch(name):
+            fail(f"probes.tcp.ignored_drop_reasons[{i}]",
+                 f"expected a kernel drop reason name like QUEUE_PURGE, got {name!r}")
     size = cfg.security.ringbuf_size_kb
     if size < 4 or size & (size - 1):
         fail("security.ringbuf_size_kb", f"expected a power of two >= 4, got {size}")

@@ -272,3 +272,26 @@ def test_kernel_without_the_map_iterator_loses_only_rtt(monkeypatch):
         probe.sample()  # nothing to run, and no error
     finally:
         probe.stop()
+
+
+def test_queue_purge_at_active_close_is_not_counted_as_a_drop(node):
+    """Closing first and then receiving the peer's FIN frees that FIN with
+    reason QUEUE_PURGE, once per connection: not a network drop, so ignored
+    by default (probes.tcp.ignored_drop_reasons), and counted when asked."""
+    a, b = node.pod("a"), node.pod("b")
+    serve(b, 8086, send=1000)
+    every = "probes:\n  tcp:\n    ignored_drop_reasons: []\n"
+    with AgentProcess(config=every) as agent:
+        for _ in range(5):
+            assert run(a, "download", b.ip, "8086", "1000") == "1000"
+        s = agent.wait_for(lambda s: s.value("podsight_tcp_connections_closed_total", **sel(b)) >= 5)
+        time.sleep(1)  # the last FIN
+        purged = {(l["pod"], l["reason"]): v for l, v in agent.scrape().series("podsight_network_drops_total")}
+        assert purged.get((a.uid, "QUEUE_PURGE")) == 5, purged
+    with AgentProcess() as agent:
+        for _ in range(5):
+            assert run(a, "download", b.ip, "8086", "1000") == "1000"
+        agent.wait_for(lambda s: s.value("podsight_tcp_connections_closed_total", **sel(b)) >= 5)
+        time.sleep(1)
+        reasons = {l["reason"] for l, _ in agent.scrape().series("podsight_network_drops_total")}
+        assert "QUEUE_PURGE" not in reasons, reasons

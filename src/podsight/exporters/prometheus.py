@@ -70,7 +70,8 @@ class MetricsRenderer:
                           "Packets (GSO segments counted one by one) through sockets of the workload.", 1, 3)
         self._tcp(w, snap.series.get("tcp_stats", {}))
         self._histograms(w, snap.series.get("tcp_histograms", {}))
-        w.family("podsight_network_drops", "counter", "Packets the kernel dropped, by its drop reason (skb:kfree_skb).")
+        w.family("podsight_network_drops", "counter", "Packets the kernel dropped, by its drop reason (skb:kfree_skb), "
+                 "less probes.tcp.ignored_drop_reasons.")
         w.samples("podsight_network_drops_total",
                   ((self.drop_labels(labels), v[0]) for labels, v in snap.series.get("network_drops", {}).items()))
         return [w.text().encode(), generate_latest(self.process)]

@@ -18,6 +18,8 @@ __all__ = [
     "HistKey",
     "Hist",
     "DropKey",
+    "DROP_REASON_WORDS",
+    "TcpConfig",
     "SecurityEvent",
     "SecurityConfig",
     "PodRoot",
@@ -67,6 +69,13 @@ class Hist(ctypes.Structure):
 
 class DropKey(ctypes.Structure):
     _fields_ = [("cgroup_id", c_uint64), ("reason", c_uint32), ("pad", c_uint32)]
+
+
+DROP_REASON_WORDS = 4
+
+
+class TcpConfig(ctypes.Structure):
+    _fields_ = [("ignored_drop_reasons", c_uint64 * DROP_REASON_WORDS)]
 
 
 SEC_COMM_LEN = 16
@@ -133,6 +142,7 @@ MIRRORED = {
     "hist_key": HistKey,
     "hist": Hist,
     "drop_key": DropKey,
+    "tcp_config": TcpConfig,
     "security_event": SecurityEvent,
     "security_config": SecurityConfig,
     "pod_root": PodRoot,

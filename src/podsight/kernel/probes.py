@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 
 from ..config import Config
 from . import mounts
+from .drop_reasons import drop_reasons
 from .features import has_iterator
-from .layouts import SEC_PREFIX_LEN, SEC_PREFIXES, PodRoot, SecurityConfig
+from .layouts import DROP_REASON_WORDS, SEC_PREFIX_LEN, SEC_PREFIXES, PodRoot, SecurityConfig, TcpConfig
 from .loader import BpfObject, Link
 
-__all__ = ["Probe", "NetworkProbe", "TcpProbe", "SecurityProbe", "ProgramStats", "program_stats", "security_config"]
+__all__ = ["Probe", "NetworkProbe", "TcpProbe", "SecurityProbe", "ProgramStats", "program_stats", "security_config",
+           "tcp_config"]
 
 log = logging.getLogger("podsight.probes")
 
@@ -97,11 +99,15 @@ class TcpProbe(Probe):
         super().__init__("tcp", "tcp")
         self.parts: dict[str, bool] = {part: False for part in self.PARTS}
         self._rtt: Link | None = None
+        self.drop_reasons: dict[int, str] = {}  # this kernel's numbering
 
     def configure(self, obj: BpfObject, cfg: Config) -> None:
         self.sample_interval = float(cfg.probes.tcp.srtt_sample_interval)
         obj.set_max_entries("tcp_socks", cfg.probes.tcp.max_tracked_connections)
-        events = os.path.join(mounts.tracefs_root(), "events")
+        tracefs = mounts.tracefs_root()
+        self.drop_reasons = drop_reasons(tracefs)
+        obj.set_config(tcp_config(cfg.probes.tcp.ignored_drop_reasons, self.drop_reasons))
+        events = os.path.join(tracefs, "events")
         self._present = {}
         for part, progs in self.PARTS.items():
             for prog, tp in progs.items():
@@ -220,6 +226,25 @@ class SecurityProbe(Probe):
         for i in range(m.max_entries):
             cid, level = roots[i] if i < len(roots) else (0, 0)
             m.update(i.to_bytes(4, "little"), bytes(PodRoot(cid, level)))
+
+
+def tcp_config(ignored: list[str], reasons: dict[int, str]) -> TcpConfig:
+    """tcp.bpf.c's config: the ignored drop reasons as a bitmap of this
+    kernel's numbers.  A name this kernel does not have cannot occur here
+    (one config serves nodes on different kernels), so it is only logged."""
+    tc = TcpConfig()
+    number = {name: n for n, name in reasons.items()}
+    for name in ignored:
+        n = number.get(name)
+        if n is None:
+            if reasons:
+                log.warning("probes.tcp.ignored_drop_reasons: %s is not a drop reason of this kernel", name)
+        elif n >= DROP_REASON_WORDS * 64:
+            log.warning("probes.tcp.ignored_drop_reasons: %s (%d) is beyond the first %d reasons and stays counted",
+                        name, n, DROP_REASON_WORDS * 64)
+        else:
+            tc.ignored_drop_reasons[n // 64] |= 1 << (n % 64)
+    return tc
 
 
 def security_config(kf: dict, cfg: Config) -> SecurityConfig:
