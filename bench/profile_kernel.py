@@ -65,7 +65,7 @@ def _perf_symbols(data: str) -> dict[str, float]:
 
 
 VARIANTS = ("v1_cgroup_id", "v2_hash_lookup", "v3_plain_add", "v4_atomic_add", "v5_array_add",
-            "v6_sk_plain", "v7_sk_atomic", "v8_sk_atomic_in",
+            "v6_sk_plain", "v7_sk_atomic", "v8_sk_atomic_in", "v9_cg_storage", "v9_cg_storage_in", "v10_cg_no_segs_in",
             "t1_core_read", "t2_direct_read", "t3_ktime", "t4_raw_tp", "t5_btf_sk_storage", "t6_btf_sk_lookup")
 
 

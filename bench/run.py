@@ -31,7 +31,10 @@ def _args(argv):
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the plumbing, figures are not meaningful")
     p.add_argument("--only", action="append", choices=FIGURES, help="run only these figures (repeatable)")
     p.add_argument("--repeats", type=int, help="repeats per figure (default 5; quick 1)")
-    p.add_argument("--seconds", type=float, help="length of each iperf3/wrk run (default 5; quick 1)")
+    p.add_argument("--rounds", type=int,
+                   help="off/on/empty rounds of the iperf3 and churn figures (default 15; quick 1): "
+                        "single rounds vary by +-5 %% here, and 15 give a 95 %% interval for the median")
+    p.add_argument("--seconds", type=float, help="length of each iperf3/wrk run (default 3; quick 1)")
     p.add_argument("--pods", type=int, help="simulated pods for the scale figure (default 1000; quick 20)")
     p.add_argument("--scrapes", type=int, help="scrapes per repeat for the latency figure (default 100; quick 5)")
     p.add_argument("--idle-seconds", type=float, help="idle CPU window (default 30; quick 2)")
@@ -43,7 +46,8 @@ def _args(argv):
     p.add_argument("--output", type=Path, default=HERE / "results" / "latest.json")
     a = p.parse_args(argv)
     quick = a.quick
-    defaults = dict(repeats=1 if quick else 5, seconds=1 if quick else 5, pods=20 if quick else 1000,
+    defaults = dict(repeats=1 if quick else 5, rounds=1 if quick else 15, seconds=1 if quick else 3,
+                    pods=20 if quick else 1000,
                     scrapes=5 if quick else 100, idle_seconds=2 if quick else 30,
                     interval_seconds=1 if quick else 60, events=2000 if quick else 200_000)
     for k, v in defaults.items():
@@ -69,7 +73,7 @@ def main(argv=None) -> int:
             return 2
         env.AGENT_ENV[key] = value
     res = {"machine": machine_info(), "quick": a.quick, "agent_env": dict(env.AGENT_ENV),
-           "params": {k: getattr(a, k) for k in ("repeats", "seconds", "pods", "scrapes", "idle_seconds",
+           "params": {k: getattr(a, k) for k in ("repeats", "rounds", "seconds", "pods", "scrapes", "idle_seconds",
                                                  "interval_seconds", "events")},
            "figures": {}, "errors": {}}
     t_start = time.monotonic()
@@ -77,8 +81,8 @@ def main(argv=None) -> int:
     tools = env.build_tools()
     with env.bench_node() as node:
         steps = {
-            "throughput": lambda: throughput.run(node, a.repeats, a.seconds, log),
-            "churn": lambda: churn.run(node, tools["httpd"], a.repeats, a.seconds, log),
+            "throughput": lambda: throughput.run(node, a.rounds, a.seconds, log),
+            "churn": lambda: churn.run(node, tools["httpd"], a.rounds, a.seconds, log),
             "kernel_cost": lambda: kernel_cost.run(node, tools["httpd"], max(1, min(a.repeats, 3)), a.seconds,
                                                    50 if a.quick else 500, log),
             "scale": lambda: scale.run(node, a.pods, 3, a.scrapes, max(1, min(a.repeats, 3)), a.idle_seconds,

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Callable
 
 from . import env
-from .stats import ratio_pairs, summary
+from .stats import median_ci, ratio_pairs, summary
 
 __all__ = ["alternate"]
 
@@ -21,20 +22,31 @@ def alternate(measure: Callable[[], float], repeats: int, log: Callable[[str], N
     """
     sides = {"off": contextlib.nullcontext, "on": env.agent, "floor": _floor}
     runs: dict[str, list[float]] = {s: [] for s in sides}
+    agent_cpu: list[float] = []
     names = list(sides)
     for i in range(repeats):
         for side in names[i % 3:] + names[: i % 3]:
-            with sides[side]():
+            with sides[side]() as agent:
+                if agent is None:
+                    runs[side].append(measure())
+                    continue
+                # The agent's own user-space work during the load (sampler,
+                # rescans), apart from what its programs cost in the kernel.
+                pid = agent.proc.pid
+                c0, t0 = env.cpu_seconds(pid), time.monotonic()
                 runs[side].append(measure())
+                agent_cpu.append((env.cpu_seconds(pid) - c0) / (time.monotonic() - t0) * 100)
         off, on, floor = runs["off"][-1], runs["on"][-1], runs["floor"][-1]
         log(f"  round {i + 1}/{repeats}: off {off:,.1f}  on {on:,.1f}  ratio {on / off:.4f}"
             f"  (empty programs {floor / off:.4f})")
-    return {"off": summary(runs["off"]), "on": summary(runs["on"]),
-            "ratio": summary(ratio_pairs(runs["on"], runs["off"])),
-            "empty_programs": summary(runs["floor"]),
-            "empty_programs_ratio": summary(ratio_pairs(runs["floor"], runs["off"])),
-            # What podsight's own code costs on top of the hooks' floor.
-            "on_vs_empty_ratio": summary(ratio_pairs(runs["on"], runs["floor"]))}
+    out = {"off": summary(runs["off"]), "on": summary(runs["on"]), "empty_programs": summary(runs["floor"])}
+    for name, ratios in (("ratio", ratio_pairs(runs["on"], runs["off"])),
+                         ("empty_programs_ratio", ratio_pairs(runs["floor"], runs["off"])),
+                         # What podsight's own code costs on top of the hooks' floor.
+                         ("on_vs_empty_ratio", ratio_pairs(runs["on"], runs["floor"]))):
+        out[name], out[f"{name}_ci"] = summary(ratios), median_ci(ratios)
+    # % of one CPU the agent process used while the load ran.
+    return {**out, "agent_cpu_percent": summary(agent_cpu)}
 
 
 @contextlib.contextmanager

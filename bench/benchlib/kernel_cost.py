@@ -50,7 +50,8 @@ HOOKS = {
 }
 # Programs of bench/bpf/*.bpf.c attached to a cgroup (the rest attach by their tracepoint section).
 CGROUP_SKB = {"empty_ingress", "empty_egress", "v1_cgroup_id", "v2_hash_lookup", "v3_plain_add",
-              "v4_atomic_add", "v5_array_add", "v6_sk_plain", "v7_sk_atomic", "v8_sk_atomic_in"}
+              "v4_atomic_add", "v5_array_add", "v6_sk_plain", "v7_sk_atomic", "v8_sk_atomic_in",
+              "v9_cg_storage", "v9_cg_storage_in", "v10_cg_no_segs_in"}
 REFUSED_PORT = 9  # nobody listens: each connect is a SYN, a RST sent, a RST received, a drop
 
 

@@ -24,7 +24,14 @@ def _mmm(s: dict | None, digits: int = 1) -> str:
 def _verdict(b: dict | None) -> str:
     if not b:
         return ""
-    return f"{b['verdict'] or 'n/a'} ({b['op']} {b['limit']:g}{b['unit']})"
+    out = f"{b['verdict'] or 'n/a'} ({b['op']} {b['limit']:g}{b['unit']})"
+    if b.get("ci"):
+        out += f"; {_ci(b['ci'])}: " + ("settled" if b["settled"] else "the rounds cannot tell")
+    return out
+
+
+def _ci(ci: dict | None) -> str:
+    return f"{ci['level']:.0%} CI of the median {ci['low']:.4f}..{ci['high']:.4f}" if ci else ""
 
 
 def table(res: dict) -> str:
@@ -41,8 +48,12 @@ def table(res: dict) -> str:
         rows.append((f"{name} {unit} off -> on", f"{_mmm(x['off'], digits)} -> {_mmm(x['on'], digits)}", ""))
         rows.append((f"{name} on/off", _mmm(x["ratio"], 4), _verdict(x["budget"])))
         if "empty_programs_ratio" in x:
-            rows.append((f"{name} empty programs/off", _mmm(x["empty_programs_ratio"], 4), ""))
-            rows.append((f"{name} on/empty programs", _mmm(x["on_vs_empty_ratio"], 4), ""))
+            rows.append((f"{name} empty programs/off", _mmm(x["empty_programs_ratio"], 4),
+                         _ci(x.get("empty_programs_ratio_ci"))))
+            rows.append((f"{name} on/empty programs", _mmm(x["on_vs_empty_ratio"], 4),
+                         _ci(x.get("on_vs_empty_ratio_ci"))))
+        if x.get("agent_cpu_percent", {}).get("n"):
+            rows.append((f"{name} agent process CPU %", _mmm(x["agent_cpu_percent"], 2), ""))
     if "kernel_cost" in f:
         for prog, p in f["kernel_cost"]["programs"].items():
             if not p.get("runs_per_repeat") or not p["ns_per_run"]["n"]:

@@ -1,10 +1,11 @@
 """Summaries and budgets.  Pure; no I/O."""
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 
-__all__ = ["summary", "percentile", "Budget", "ratio_pairs"]
+__all__ = ["summary", "percentile", "Budget", "ratio_pairs", "median_ci"]
 
 
 def summary(values: list[float]) -> dict:
@@ -22,6 +23,28 @@ def percentile(values: list[float], q: float) -> float:
     s = sorted(values)
     rank = max(1, -(-len(s) * q // 100))  # ceil without floats drifting
     return s[int(rank) - 1]
+
+
+def median_ci(values: list[float], level: float = 0.95) -> dict | None:
+    """A distribution-free confidence interval for the median: the order
+    statistics x(k) and x(n-k+1) with the largest k whose binomial coverage
+    still reaches ``level``.  None below 6 values, where no such k exists
+    at 95 %.  It says whether a median sits clearly on one side of a budget
+    line or the rounds cannot tell."""
+    s = sorted(float(v) for v in values)
+    n = len(s)
+    below = 0.0  # P(Binomial(n, 1/2) < k)
+    best = None
+    for k in range(1, n // 2 + 1):
+        below += math.comb(n, k - 1) / 2 ** n
+        coverage = 1 - 2 * below
+        if coverage < level:
+            break
+        best = (k, coverage)
+    if best is None:
+        return None
+    k, coverage = best
+    return {"low": s[k - 1], "high": s[n - k], "level": coverage}
 
 
 def ratio_pairs(on: list[float], off: list[float]) -> list[float]:
@@ -47,7 +70,12 @@ class Budget:
     def text(self) -> str:
         return f"{self.op} {self.limit:g}{self.unit}"
 
-    def as_dict(self, value: float | None) -> dict:
+    def as_dict(self, value: float | None, ci: dict | None = None) -> dict:
         ok = self.holds(value)
-        return {"op": self.op, "limit": self.limit, "unit": self.unit,
-                "verdict": None if ok is None else ("PASS" if ok else "MISS")}
+        out = {"op": self.op, "limit": self.limit, "unit": self.unit,
+               "verdict": None if ok is None else ("PASS" if ok else "MISS")}
+        if ci is not None:
+            # Settled: the whole interval is on the verdict's side of the line.
+            out["ci"] = ci
+            out["settled"] = self.holds(ci["low"]) == self.holds(ci["high"])
+        return out

@@ -62,6 +62,10 @@ def test_off_on_ratios(result):
         sane(fig["empty_programs_ratio"], 0.2, 5)
         assert fig["on_vs_empty_ratio"]["median"] == pytest.approx(
             fig["on"]["median"] / fig["empty_programs"]["median"])
+        # The agent's own process during the "on" runs: measured, and nowhere near a core.
+        sane(fig["agent_cpu_percent"], 0, 100)
+        # One quick round gives no interval for the median, and the verdict says so by omission.
+        assert fig["ratio_ci"] is None and "ci" not in fig["budget"]
 
 
 def test_kernel_cost_has_podsight_and_floor_under_the_same_loads(result):
