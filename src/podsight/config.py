@@ -73,8 +73,8 @@ class TcpProbe:
     max_tracked_connections: int = 65536
     # Kernel drop reasons (names as in the `reason` label) not counted in
     # podsight_network_drops_total.  QUEUE_PURGE is a closed socket's queue
-    # being freed: the peer's FIN reaching a connection we closed first, once
-    # per actively closed connection, not a network drop.
+    # being freed: the peer's FIN reaching a connection we closed first, for
+    # most actively closed connections; not a network drop.
     ignored_drop_reasons: list[str] = field(default_factory=lambda: ["QUEUE_PURGE"])
 
 

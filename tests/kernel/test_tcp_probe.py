@@ -275,23 +275,28 @@ def test_kernel_without_the_map_iterator_loses_only_rtt(monkeypatch):
 
 
 def test_queue_purge_at_active_close_is_not_counted_as_a_drop(node):
-    """Closing first and then receiving the peer's FIN frees that FIN with
-    reason QUEUE_PURGE, once per connection: not a network drop, so ignored
-    by default (probes.tcp.ignored_drop_reasons), and counted when asked."""
+    """Closing first and then receiving the peer's FIN together with the ACK
+    of ours frees that FIN with reason QUEUE_PURGE, at most once per
+    connection.  When the ACK comes alone the kernel has already swapped the
+    socket for a time-wait one and frees nothing (or, in a narrow race, frees
+    it as TCP_CLOSE), so the count is "most connections", not all: about 59
+    in 60 on an idle machine, 4 in 5 seen under CI load.  Not a network drop,
+    so ignored by default (probes.tcp.ignored_drop_reasons), counted when asked."""
     a, b = node.pod("a"), node.pod("b")
     serve(b, 8086, send=1000)
+    n = 10
     every = "probes:\n  tcp:\n    ignored_drop_reasons: []\n"
     with AgentProcess(config=every) as agent:
-        for _ in range(5):
+        for _ in range(n):
             assert run(a, "download", b.ip, "8086", "1000") == "1000"
-        s = agent.wait_for(lambda s: s.value("podsight_tcp_connections_closed_total", **sel(b)) >= 5)
+        agent.wait_for(lambda s: s.value("podsight_tcp_connections_closed_total", **sel(b)) >= n)
         time.sleep(1)  # the last FIN
-        purged = {(l["pod"], l["reason"]): v for l, v in agent.scrape().series("podsight_network_drops_total")}
-        assert purged.get((a.uid, "QUEUE_PURGE")) == 5, purged
+        drops = {(l["pod"], l["reason"]): v for l, v in agent.scrape().series("podsight_network_drops_total")}
+        assert n // 2 <= drops.get((a.uid, "QUEUE_PURGE"), 0) <= n, drops
     with AgentProcess() as agent:
-        for _ in range(5):
+        for _ in range(n):
             assert run(a, "download", b.ip, "8086", "1000") == "1000"
-        agent.wait_for(lambda s: s.value("podsight_tcp_connections_closed_total", **sel(b)) >= 5)
+        agent.wait_for(lambda s: s.value("podsight_tcp_connections_closed_total", **sel(b)) >= n)
         time.sleep(1)
         reasons = {l["reason"] for l, _ in agent.scrape().series("podsight_network_drops_total")}
         assert "QUEUE_PURGE" not in reasons, reasons
