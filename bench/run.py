@@ -10,6 +10,7 @@ all under names of its own (psb-*, <cgroup2>/psbench), removed on exit.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -20,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))  # tests.support
 
-from benchlib import churn, env, events, kernel_cost, report, scale, throughput  # noqa: E402
+from benchlib import churn, compare, env, events, kernel_cost, report, scale, throughput  # noqa: E402
 from benchlib.machine import bpf_stats_sysctl, machine_info  # noqa: E402
 
 FIGURES = ("throughput", "churn", "kernel_cost", "scale", "events")
@@ -55,6 +56,19 @@ def _args(argv):
             setattr(a, k, v)
     a.only = a.only or list(FIGURES)
     return a
+
+
+def _previous(output: Path) -> dict | None:
+    """Keep the run this one replaces as <name>.previous.json, for bench/compare.py."""
+    if not output.exists():
+        return None
+    kept = output.with_name(output.stem + ".previous.json")
+    output.replace(kept)
+    try:
+        res = json.loads(kept.read_text())
+    except json.JSONDecodeError:
+        return None
+    return res if isinstance(res, dict) and "figures" in res else None
 
 
 def main(argv=None) -> int:
@@ -102,10 +116,14 @@ def main(argv=None) -> int:
     res["duration_seconds"] = round(time.monotonic() - t_start, 1)
     res["bpf_stats_enabled"] = {"before": bpf_stats_before, "after": bpf_stats_sysctl()}
     res["verdicts"] = report.verdicts(res)
+    previous = _previous(a.output)
     report.write_json(res, a.output)
     print()
     print(report.table(res))
     print(f"\nwritten {a.output} in {res['duration_seconds']:.0f} s")
+    if previous is not None:
+        print(f"\nagainst the run before (kept as {a.output.with_name(a.output.stem + '.previous.json')}):")
+        print(compare.table(previous, res, compare.compare(previous, res)))
     return 1 if res["errors"] else 0
 
 

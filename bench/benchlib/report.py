@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["table", "write_json", "verdicts"]
+__all__ = ["table", "write_json", "verdicts", "budgets"]
 
 
 def _fmt(v, digits: int = 1) -> str:
@@ -104,21 +104,27 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def verdicts(res: dict) -> dict[str, str]:
-    """Every budget judged in this run: name → PASS/MISS."""
+def budgets(res: dict) -> dict[str, dict]:
+    """Every budget judged in a run, by figure path (``throughput``,
+    ``kernel_cost.programs.network_egress``, ``scale.rss_mb``, ...)."""
     out = {}
 
     def walk(prefix: str, d):
         if isinstance(d, dict):
             b = d.get("budget")
-            if isinstance(b, dict) and b.get("verdict"):
-                out[prefix] = b["verdict"]
+            if isinstance(b, dict) and "verdict" in b:
+                out[prefix] = b
             for k, v in d.items():
                 if k != "budget":
                     walk(f"{prefix}.{k}" if prefix else k, v)
 
-    walk("", res["figures"])
+    walk("", res.get("figures", {}))
     return out
+
+
+def verdicts(res: dict) -> dict[str, str]:
+    """Every budget judged in this run: name → PASS/MISS."""
+    return {name: b["verdict"] for name, b in budgets(res).items() if b.get("verdict")}
 
 
 def write_json(res: dict, path: Path) -> None:

@@ -70,10 +70,14 @@ class Budget:
     def text(self) -> str:
         return f"{self.op} {self.limit:g}{self.unit}"
 
-    def as_dict(self, value: float | None, ci: dict | None = None) -> dict:
+    def as_dict(self, value: float | None, ci: dict | None = None, spread: dict | None = None) -> dict:
+        """The verdict, with the value judged and its spread (the figure's
+        min/max) kept beside it, so two runs can be compared from the JSON alone."""
         ok = self.holds(value)
-        out = {"op": self.op, "limit": self.limit, "unit": self.unit,
+        out = {"op": self.op, "limit": self.limit, "unit": self.unit, "value": value,
                "verdict": None if ok is None else ("PASS" if ok else "MISS")}
+        if spread is not None and spread.get("min") is not None:
+            out["min"], out["max"] = spread["min"], spread["max"]
         if ci is not None:
             # Settled: the whole interval is on the verdict's side of the line.
             out["ci"] = ci

@@ -19,12 +19,18 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "latest.json"
+    out.write_text(json.dumps(EARLIER))  # the run this one replaces
     before = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
     r = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--output", str(out)],
                        capture_output=True, text=True, timeout=600, cwd=REPO)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip() == before
     return json.loads(out.read_text()), r.stdout
+
+
+# An earlier run, as bench/run.py writes it, with one budget.
+EARLIER = {"machine": {"date": "earlier", "kernel": "k"}, "quick": True, "params": {},
+           "figures": {"churn": {"budget": {"op": ">=", "limit": 0.97, "unit": "", "value": 0.01, "verdict": "MISS"}}}}
 
 
 def sane(s: dict, lo: float, hi: float) -> None:
@@ -44,6 +50,18 @@ def test_machine_and_table(result):
         line = next(l for l in stdout.splitlines() if l.startswith(row))
         assert "PASS" in line or "MISS" in line, line
     assert set(res["verdicts"].values()) <= {"PASS", "MISS"} and len(res["verdicts"]) >= 8
+
+
+def test_the_run_before_is_kept_and_compared(result, tmp_path_factory):
+    res, stdout = result
+    kept = next(tmp_path_factory.getbasetemp().glob("bench*/latest.previous.json"))
+    assert json.loads(kept.read_text()) == EARLIER
+    after = stdout[stdout.index("against the run before"):]
+    churn = next(l for l in after.splitlines() if l.startswith("churn "))
+    ratio = res["figures"]["churn"]["budget"]["value"]
+    assert f"{ratio / 0.01 - 1:+.1%} better" in churn and "MISS -> " in churn, churn
+    # Every budget of this run has a row.
+    assert all(any(l.startswith(name + " ") for l in after.splitlines()) for name in res["verdicts"])
 
 
 def test_off_on_ratios(result):

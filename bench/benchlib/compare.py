@@ -1,0 +1,121 @@
+"""Two benchmark runs side by side: each budget's figure, its change, and
+whether the change is larger than the runs' own spread.  Pure; no I/O."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .report import budgets
+
+__all__ = ["Row", "compare", "setup_differences", "regressions", "table"]
+
+# Absolute figures (ms, MB, events/s) depend on the machine; ratios against a
+# baseline from the same run are meant to carry over.
+MACHINE_KEYS = ("kernel", "cpu_model", "cpu_count", "python")
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    old: dict | None  # the budget dict of each run (value, verdict, ci or min/max)
+    new: dict | None
+
+    @staticmethod
+    def _interval(b: dict | None) -> tuple[float, float] | None:
+        """The confidence interval of the median when the run has one, else min..max."""
+        if not b:
+            return None
+        if b.get("ci"):
+            return b["ci"]["low"], b["ci"]["high"]
+        if b.get("min") is not None:
+            return b["min"], b["max"]
+        return None
+
+    @property
+    def change(self) -> float | None:
+        """new/old - 1 of the judged values."""
+        a, b = (self.old or {}).get("value"), (self.new or {}).get("value")
+        if a is None or b is None or a == 0:
+            return None
+        return b / a - 1
+
+    @property
+    def direction(self) -> str:
+        """better / worse / same, by the budget's side of the line."""
+        c = self.change
+        if c is None:
+            return "n/a"
+        if c == 0:
+            return "same"
+        higher_is_better = (self.new or self.old)["op"] == ">="
+        return "better" if (c > 0) == higher_is_better else "worse"
+
+    @property
+    def beyond_noise(self) -> bool | None:
+        """True when the two runs' intervals do not overlap; None without both intervals."""
+        a, b = self._interval(self.old), self._interval(self.new)
+        if a is None or b is None:
+            return None
+        return a[1] < b[0] or b[1] < a[0]
+
+
+def compare(old: dict, new: dict) -> list[Row]:
+    """One row per budget in either run, in the newer run's order."""
+    a, b = budgets(old), budgets(new)
+    names = list(b) + [n for n in a if n not in b]
+    return [Row(n, a.get(n), b.get(n)) for n in names]
+
+
+def setup_differences(old: dict, new: dict) -> list[str]:
+    """What differs between the two runs besides the code: the machine, the
+    parameters (a --quick run is no yardstick for a full one), the agent's
+    environment."""
+    ma, mb = old.get("machine", {}), new.get("machine", {})
+    out = [f"{k} {ma.get(k)!r} -> {mb.get(k)!r}" for k in MACHINE_KEYS if ma.get(k) != mb.get(k)]
+    pa, pb = {"quick": old.get("quick"), **old.get("params", {})}, {"quick": new.get("quick"), **new.get("params", {})}
+    out += [f"{k} {pa.get(k)!r} -> {pb.get(k)!r}" for k in sorted(pa.keys() | pb.keys()) if pa.get(k) != pb.get(k)]
+    if old.get("agent_env", {}) != new.get("agent_env", {}):
+        out.append(f"agent_env {old.get('agent_env', {})!r} -> {new.get('agent_env', {})!r}")
+    return out
+
+
+def regressions(rows: list[Row]) -> list[str]:
+    """Figures that got worse by more than both runs' spread, and budgets
+    with no spread to judge by that went from PASS to MISS.  A verdict that
+    flips inside the spread is noise, not a regression."""
+    out = []
+    for r in rows:
+        flipped = (r.old or {}).get("verdict") == "PASS" and (r.new or {}).get("verdict") == "MISS"
+        if r.direction == "worse" and r.beyond_noise:
+            out.append(f"{r.name}: worse by {abs(r.change):.1%}, beyond both runs' spread"
+                       + (" (PASS -> MISS)" if flipped else ""))
+        elif flipped and r.beyond_noise is None:
+            out.append(f"{r.name}: PASS -> MISS (no spread to judge noise by)")
+    return out
+
+
+def _value(b: dict | None) -> str:
+    if not b or b.get("value") is None:
+        return "-"
+    v = b["value"]
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
+def table(old: dict, new: dict, rows: list[Row]) -> str:
+    lines = [f"old: {old.get('machine', {}).get('date', '?')}   new: {new.get('machine', {}).get('date', '?')}"]
+    diff = setup_differences(old, new)
+    if diff:
+        lines.append("the runs differ: " + "; ".join(diff))
+    lines.append("")
+    cells = [("budget", "old", "new", "change", "verdict", "")]
+    for r in rows:
+        c = r.change
+        noise = {True: "beyond noise", False: "within noise", None: "no spread to judge"}[r.beyond_noise]
+        cells.append((r.name, _value(r.old), _value(r.new),
+                      "-" if c is None else f"{c:+.1%} {r.direction}",
+                      f"{(r.old or {}).get('verdict') or '-'} -> {(r.new or {}).get('verdict') or '-'}",
+                      noise if c is not None else ""))
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    lines += ["  ".join(f"{x:<{w}}" for x, w in zip(row, widths)).rstrip() for row in cells]
+    worse = regressions(rows)
+    lines += ["", "regressions:"] + [f"  {w}" for w in worse] if worse else ["", "no regressions"]
+    return "\n".join(lines)

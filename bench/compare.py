@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Compare two benchmark runs: each budget's figure, its change, and whether
+the change is beyond the runs' own spread (the median's confidence interval
+where the run has one, else min..max).
+
+    bench/compare.py                      # the run before the latest, and the latest
+    bench/compare.py OLD.json NEW.json
+    bench/compare.py --fail-on-regression # exit 1 if a budget went PASS -> MISS
+                                          # or a figure got worse beyond noise
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from benchlib import compare  # noqa: E402
+
+RESULTS = HERE / "results"
+
+
+def _load(path: Path) -> dict:
+    try:
+        res = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file (make bench writes {RESULTS / 'latest.json'} "
+                         f"and keeps the run before it as latest.previous.json)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not JSON: {e.msg}") from None
+    if not isinstance(res, dict) or "figures" not in res:
+        raise ValueError(f"{path}: not a benchmark result (no 'figures')")
+    return res
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench/compare.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("old", nargs="?", type=Path, default=RESULTS / "latest.previous.json")
+    p.add_argument("new", nargs="?", type=Path, default=RESULTS / "latest.json")
+    p.add_argument("--fail-on-regression", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        old, new = _load(a.old), _load(a.new)
+    except ValueError as e:
+        print(f"bench/compare.py: {e}", file=sys.stderr)
+        return 2
+    rows = compare.compare(old, new)
+    print(compare.table(old, new, rows))
+    return 1 if a.fail_on_regression and compare.regressions(rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
