@@ -44,7 +44,7 @@ class Row:
         c = self.change
         if c is None:
             return "n/a"
-        if c == 0:
+        if abs(c) < 0.0005:  # what the table prints as +0.0%
             return "same"
         higher_is_better = (self.new or self.old)["op"] == ">="
         return "better" if (c > 0) == higher_is_better else "worse"

@@ -108,7 +108,7 @@ class Agent:
         self._gc_thread: threading.Thread | None = None
         self._sample_thread: threading.Thread | None = None
         self._stats_fd: int | None = None
-        self.after_scan: list = []  # callables run after each periodic rescan
+        self.after_scan: list = []  # callables run after each periodic sweep or rescan
         self._unresolvable: set[int] = set()  # ids the last snapshot could not resolve, for GC
         self.started = False
 
@@ -267,13 +267,18 @@ class Agent:
 
     # -- garbage collection ------------------------------------------------
     def _gc_loop(self) -> None:
-        # The full walk only finds cgroups that are gone (new ones are found
-        # on demand at scrape time), so it need not run often: at idle it is
-        # the agent's main cost on a node with many pods.
+        # Only cgroups that are gone are looked for here (new ones are found
+        # on demand at scrape time), with a stat per known cgroup, not a walk:
+        # at idle this is the agent's main cost on a node with many pods.
+        # Until the kubelet's top directories exist (an agent started before
+        # the kubelet), walk: the security probe needs them as pod roots.
         interval = max(self.cfg.rescan_interval, 0.5) * 5
         while not self._stop.wait(interval):
             try:
-                self.resolver.scan()
+                if self.resolver.pod_roots():
+                    self.resolver.sweep()
+                else:
+                    self.resolver.scan()
                 self.collect_garbage()
                 for hook in self.after_scan:
                     hook()

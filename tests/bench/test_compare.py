@@ -46,6 +46,7 @@ def test_direction_follows_the_side_of_the_line():
     r = rows(base, faster)
     assert r["churn"].direction == "better" and r["scale.scrape_p99_ms"].direction == "better"
     assert rows(faster, base)["scale.scrape_p99_ms"].direction == "worse"
+    assert {r.direction for r in compare.compare(base, base)} == {"same"}
 
 
 def test_a_worse_figure_inside_the_spread_is_noise_not_a_regression():

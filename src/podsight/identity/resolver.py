@@ -3,7 +3,8 @@
 The id the kernel reports (``bpf_skb_cgroup_id``) is the inode number of the
 cgroup directory, so one walk of the cgroup tree (``DirEntry.inode()``, no
 stat per directory) maps every id.  Unknown ids trigger a rescan at most once
-per ``rescan_interval``: never a scan per packet or per scrape.
+per ``rescan_interval``: never a scan per packet or per scrape.  Cgroups that
+are gone are found by a cheaper sweep (one stat per known cgroup).
 """
 from __future__ import annotations
 
@@ -79,6 +80,28 @@ class CgroupResolver:
                 self._gone.setdefault(cid, now)
             self._last_scan = now
             self.scans += 1
+
+    def sweep(self) -> None:
+        """Notice the known cgroups that are gone, without walking the tree:
+        one stat per known cgroup.  A walk lists every control file of every
+        cgroup (18 per directory here, 60 and more with the cpu, memory, io
+        and pids controllers on), six times the cost at 1,000 pods here; new
+        cgroups are found on demand by resolve_many() anyway."""
+        with self._lock:
+            known = [(cid, info.path) for cid, info in self._by_id.items()]
+        missing = []
+        for cid, path in known:
+            try:
+                # A directory made again at the same path is another cgroup.
+                if os.stat(self.root + path if path != "/" else self.root).st_ino != cid:
+                    missing.append(cid)
+            except OSError:
+                missing.append(cid)
+        now = self._clock()
+        with self._lock:
+            for cid in missing:
+                if cid in self._by_id:  # not forgotten meanwhile
+                    self._gone.setdefault(cid, now)
 
     def resolve(self, cgroup_id: int) -> CgroupInfo | None:
         return self._by_id.get(cgroup_id)
