@@ -10,18 +10,11 @@ import pytest
 
 from podsight.exporters.events import EventSink, ProcessInfo
 from podsight.security import DEFAULT_RULES_PATH, RawEvent, load_rules
+from tests.support.clock import Clock
 
 RULES = load_rules([DEFAULT_RULES_PATH])
 POD = {"node": "n", "namespace": "shop", "pod": "web-0", "container": "app", "image": "", "workload": "",
        "workload_kind": "", "pod_uid": "u-1", "container_id": "c-1", "host_cgroup": "", "in_pod": True}
-
-
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
 
 
 @pytest.fixture

@@ -9,18 +9,11 @@ import os
 import pytest
 
 from podsight.identity.resolver import CgroupResolver
+from tests.support.clock import Clock
 
 UID = "5f0e6b3c-9d1a-4e2b-8c7d-1a2b3c4d5e6f"
 POD = f"kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID.replace('-', '_')}.slice"
 CONTAINER = POD + "/cri-containerd-" + "ab" * 32 + ".scope"
-
-
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
 
 
 @pytest.fixture
