@@ -5,8 +5,8 @@ where the run has one, else min..max).
 
     bench/compare.py                      # the run before the latest, and the latest
     bench/compare.py OLD.json NEW.json
-    bench/compare.py --fail-on-regression # exit 1 if a budget went PASS -> MISS
-                                          # or a figure got worse beyond noise
+    bench/compare.py --fail-on-regression # exit 1 if a figure got worse beyond noise
+                                          # and by more than --tolerance (10 %)
 """
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ def main(argv=None) -> int:
     p.add_argument("old", nargs="?", type=Path, default=RESULTS / "latest.previous.json")
     p.add_argument("new", nargs="?", type=Path, default=RESULTS / "latest.json")
     p.add_argument("--fail-on-regression", action="store_true")
+    p.add_argument("--tolerance", type=float, default=0.10, metavar="FRACTION",
+                   help="a change smaller than this is never a regression (default 0.10)")
     a = p.parse_args(argv)
     try:
         old, new = _load(a.old), _load(a.new)
@@ -48,8 +50,8 @@ def main(argv=None) -> int:
         print(f"bench/compare.py: {e}", file=sys.stderr)
         return 2
     rows = compare.compare(old, new)
-    print(compare.table(old, new, rows))
-    return 1 if a.fail_on_regression and compare.regressions(rows) else 0
+    print(compare.table(old, new, rows, a.tolerance))
+    return 1 if a.fail_on_regression and compare.regressions(rows, a.tolerance) else 0
 
 
 if __name__ == "__main__":

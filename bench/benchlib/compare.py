@@ -78,17 +78,19 @@ def setup_differences(old: dict, new: dict) -> list[str]:
     return out
 
 
-def regressions(rows: list[Row]) -> list[str]:
-    """Figures that got worse by more than both runs' spread, and budgets
-    with no spread to judge by that went from PASS to MISS.  A verdict that
-    flips inside the spread is noise, not a regression."""
+def regressions(rows: list[Row], tolerance: float = 0.10) -> list[str]:
+    """Figures that got worse by more than both runs' spread and by more than
+    ``tolerance`` (a run's own spread understates the drift between runs
+    on a shared machine), and budgets with no spread to judge by that went
+    from PASS to MISS.  A verdict that flips inside the spread is noise."""
     out = []
     for r in rows:
         flipped = (r.old or {}).get("verdict") == "PASS" and (r.new or {}).get("verdict") == "MISS"
-        if r.direction == "worse" and r.beyond_noise:
+        big = r.change is None or abs(r.change) > tolerance
+        if r.direction == "worse" and r.beyond_noise and big:
             out.append(f"{r.name}: worse by {abs(r.change):.1%}, beyond both runs' spread"
                        + (" (PASS -> MISS)" if flipped else ""))
-        elif flipped and r.beyond_noise is None:
+        elif flipped and r.beyond_noise is None and big:
             out.append(f"{r.name}: PASS -> MISS (no spread to judge noise by)")
     return out
 
@@ -100,7 +102,7 @@ def _value(b: dict | None) -> str:
     return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
 
 
-def table(old: dict, new: dict, rows: list[Row]) -> str:
+def table(old: dict, new: dict, rows: list[Row], tolerance: float = 0.10) -> str:
     lines = [f"old: {old.get('machine', {}).get('date', '?')}   new: {new.get('machine', {}).get('date', '?')}"]
     diff = setup_differences(old, new)
     if diff:
@@ -116,6 +118,6 @@ def table(old: dict, new: dict, rows: list[Row]) -> str:
                       noise if c is not None else ""))
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     lines += ["  ".join(f"{x:<{w}}" for x, w in zip(row, widths)).rstrip() for row in cells]
-    worse = regressions(rows)
-    lines += ["", "regressions:"] + [f"  {w}" for w in worse] if worse else ["", "no regressions"]
+    worse = regressions(rows, tolerance)
+    lines += ["", f"regressions (worse beyond noise and by more than {tolerance:.0%}):"] + [f"  {w}" for w in worse] if worse else ["", f"no regressions (worse beyond noise and by more than {tolerance:.0%})"]
     return "\n".join(lines)

@@ -37,6 +37,21 @@ def test_scan_maps_every_directory_by_inode(tree):
     assert r.pod_roots() == [(ino(tree / "kubepods.slice"), 1)]
 
 
+def test_pod_roots_follow_scans_and_forgets(tree):
+    """A kubelet started after the agent: its directory is a pod root once
+    a scan has seen it, and stops being one when it is forgotten."""
+    (tree / "kubepods.slice").rename(tree / "later")
+    r = CgroupResolver(str(tree))
+    r.scan()
+    assert r.pod_roots() == []
+    (tree / "later").rename(tree / "kubepods.slice")
+    r.scan()
+    root = ino(tree / "kubepods.slice")
+    assert r.pod_roots() == [(root, 1)]
+    r.forget(root)
+    assert r.pod_roots() == []
+
+
 def test_sweep_notices_removed_and_remade_directories(tree):
     clock = Clock()
     r = CgroupResolver(str(tree), clock=clock)

@@ -47,6 +47,7 @@ class CgroupResolver:
         self._by_id: dict[int, CgroupInfo] = {}
         self._gone: dict[int, float] = {}  # id → when its directory was first seen missing
         self._misses: dict[int, int] = {}
+        self._pod_roots: list[tuple[int, int]] = []
         self._last_scan = float("-inf")
         self.scans = 0
 
@@ -78,6 +79,7 @@ class CgroupResolver:
                 self._misses.pop(cid, None)
             for cid in self._by_id.keys() - found.keys():
                 self._gone.setdefault(cid, now)
+            self._find_pod_roots()
             self._last_scan = now
             self.scans += 1
 
@@ -132,16 +134,21 @@ class CgroupResolver:
             self._by_id.pop(cgroup_id, None)
             self._gone.pop(cgroup_id, None)
             self._misses.pop(cgroup_id, None)
+            if any(cid == cgroup_id for cid, _ in self._pod_roots):
+                self._find_pod_roots()
 
     def pod_roots(self) -> list[tuple[int, int]]:
-        """(id, depth) of kubelet top-level directories: kubepods.slice or kubepods."""
+        """(id, depth) of kubelet top-level directories: kubepods.slice or kubepods.
+        Kept up to date by scan() and forget(), so asking costs nothing."""
         with self._lock:
-            infos = list(self._by_id.values())
-        out = []
-        for info in infos:
+            return list(self._pod_roots)
+
+    def _find_pod_roots(self) -> None:
+        roots = []
+        for cid, info in self._by_id.items():
+            if not info.path.endswith(("/kubepods.slice", "/kubepods")):
+                continue
             parts = [p for p in info.path.split("/") if p]
-            if parts and parts[-1] in ("kubepods.slice", "kubepods") and not any(
-                p.startswith("kubepods") for p in parts[:-1]
-            ):
-                out.append((info.cgroup_id, len(parts)))
-        return sorted(out)
+            if not any(p.startswith("kubepods") for p in parts[:-1]):
+                roots.append((cid, len(parts)))
+        self._pod_roots = sorted(roots)
