@@ -1,7 +1,7 @@
 """CgroupResolver on a real directory tree: ids are inode numbers, as
-cgroup v2 ids are, so a tmp directory behaves like the cgroup tree for
-everything the resolver does (walk, stat).  The agent tests run it on the
-real cgroupfs."""
+cgroup v2 ids are, so a tmp directory behaves like the cgroup tree for the
+walk and the sweep.  Opening ids by kernel handle only works on cgroupfs:
+it is off here, and tested in test_cgroup_handles.py on the real mount."""
 from __future__ import annotations
 
 import os
@@ -28,7 +28,7 @@ def ino(path) -> int:
 
 
 def test_scan_maps_every_directory_by_inode(tree):
-    r = CgroupResolver(str(tree))
+    r = CgroupResolver(str(tree), handles=False)
     r.scan()
     info = r.resolve(ino(tree / CONTAINER))
     assert info.path == "/" + CONTAINER
@@ -41,7 +41,7 @@ def test_pod_roots_follow_scans_and_forgets(tree):
     """A kubelet started after the agent: its directory is a pod root once
     a scan has seen it, and stops being one when it is forgotten."""
     (tree / "kubepods.slice").rename(tree / "later")
-    r = CgroupResolver(str(tree))
+    r = CgroupResolver(str(tree), handles=False)
     r.scan()
     assert r.pod_roots() == []
     (tree / "later").rename(tree / "kubepods.slice")
@@ -54,7 +54,7 @@ def test_pod_roots_follow_scans_and_forgets(tree):
 
 def test_sweep_notices_removed_and_remade_directories(tree):
     clock = Clock()
-    r = CgroupResolver(str(tree), clock=clock)
+    r = CgroupResolver(str(tree), clock=clock, handles=False)
     r.scan()
     container, sshd = ino(tree / CONTAINER), ino(tree / "system.slice" / "sshd.service")
     (tree / CONTAINER).rmdir()
@@ -72,7 +72,7 @@ def test_sweep_notices_removed_and_remade_directories(tree):
 
 def test_sweep_never_walks_the_tree(tree, monkeypatch):
     """Its point: no directory listing (cgroupfs lists every control file)."""
-    r = CgroupResolver(str(tree))
+    r = CgroupResolver(str(tree), handles=False)
     r.scan()
 
     def no_walk(*a):
@@ -86,7 +86,7 @@ def test_sweep_never_walks_the_tree(tree, monkeypatch):
 
 def test_new_directories_are_found_on_demand_at_most_once_per_interval(tree):
     clock = Clock()
-    r = CgroupResolver(str(tree), rescan_interval=2.0, clock=clock)
+    r = CgroupResolver(str(tree), rescan_interval=2.0, clock=clock, handles=False)
     r.scan()
     (tree / "system.slice" / "cron.service").mkdir()
     cron = ino(tree / "system.slice" / "cron.service")
