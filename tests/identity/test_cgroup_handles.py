@@ -57,6 +57,15 @@ def test_a_new_cgroup_resolves_without_a_walk(cgroups):
     assert r.scans == 1 and r.resolve(cid) is info
 
 
+def test_a_root_given_through_a_symlink_still_resolves_by_handle(cgroups, tmp_path):
+    root, top, make = cgroups
+    link = tmp_path / "cgroup"
+    link.symlink_to(root)
+    cid = make("pod-s")
+    r = CgroupResolver(str(link))
+    assert r.resolve_many([cid])[cid].path == f"/{top.name}/pod-s" and r.scans == 0
+
+
 def test_without_the_capability_the_resolver_walks(cgroups):
     """No CAP_DAC_READ_SEARCH: the handle says so once, and every lookup walks."""
     if not shutil.which("setpriv"):

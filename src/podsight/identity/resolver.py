@@ -52,6 +52,8 @@ class CgroupResolver:
         self._misses: dict[int, int] = {}
         self._pod_roots: list[tuple[int, int]] = []
         self._handles = handles  # until the kernel says it cannot
+        # The kernel names an opened directory by its real path.
+        self._real_root = os.path.realpath(self.root)
         self._last_scan = float("-inf")
         self.scans = 0
 
@@ -134,10 +136,10 @@ class CgroupResolver:
         """Resolve what the kernel can name; return the ids it could not."""
         left = []
         try:
-            root_fd = cgroup_handles.open_root(self.root)
+            root_fd = cgroup_handles.open_root(self._real_root)
             try:
                 for cid in ids:
-                    path = cgroup_handles.path_of(self.root, root_fd, cid)
+                    path = cgroup_handles.path_of(self._real_root, root_fd, cid)
                     if path is None:
                         left.append(cid)
                         continue
