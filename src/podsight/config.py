@@ -143,7 +143,8 @@ class Config:
     log_level: str = "info"
     # Empty: detect the cgroup v2 mount (/sys/fs/cgroup or /sys/fs/cgroup/unified).
     cgroup_root: str = ""
-    # How often the identity resolver may rescan the cgroup tree for unknown ids.
+    # How often the identity resolver may walk the cgroup tree for ids it could
+    # not open by handle; five times this, it sweeps for cgroups that are gone.
     rescan_interval: Duration = Duration(2.0)
     # Kernel BPF run-time statistics (podsight_bpf_program_*): each program run
     # then costs two clock reads more, so it is opt-in.
