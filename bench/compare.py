@@ -11,7 +11,6 @@ where the run has one, else min..max).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -19,35 +18,22 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from benchlib import compare  # noqa: E402
-
-RESULTS = HERE / "results"
-
-
-def _load(path: Path) -> dict:
-    try:
-        res = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file (make bench writes {RESULTS / 'latest.json'} "
-                         f"and keeps the run before it as latest.previous.json)") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: not JSON: {e.msg}") from None
-    if not isinstance(res, dict) or "figures" not in res:
-        raise ValueError(f"{path}: not a benchmark result (no 'figures')")
-    return res
+from benchlib.report import LATEST  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench/compare.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("old", nargs="?", type=Path, default=RESULTS / "latest.previous.json")
-    p.add_argument("new", nargs="?", type=Path, default=RESULTS / "latest.json")
+    p.add_argument("old", nargs="?", type=Path, default=compare.previous_path(LATEST))
+    p.add_argument("new", nargs="?", type=Path, default=LATEST)
     p.add_argument("--fail-on-regression", action="store_true")
     p.add_argument("--tolerance", type=float, default=0.10, metavar="FRACTION",
                    help="a change smaller than this is never a regression (default 0.10)")
     a = p.parse_args(argv)
     try:
-        old, new = _load(a.old), _load(a.new)
+        old, new = compare.load(a.old), compare.load(a.new)
     except ValueError as e:
-        print(f"bench/compare.py: {e}", file=sys.stderr)
+        print(f"bench/compare.py: {e}\n(make bench writes {LATEST} and keeps the run before it as "
+              f"{compare.previous_path(LATEST).name})", file=sys.stderr)
         return 2
     rows = compare.compare(old, new)
     print(compare.table(old, new, rows, a.tolerance))

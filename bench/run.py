@@ -10,7 +10,6 @@ all under names of its own (psb-*, <cgroup2>/psbench), removed on exit.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -44,7 +43,7 @@ def _args(argv):
     p.add_argument("--events", type=int, help="events per events-path run (default 200000; quick 2000)")
     p.add_argument("--agent-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for the agent (e.g. MALLOC_ARENA_MAX=2), to compare settings")
-    p.add_argument("--output", type=Path, default=HERE / "results" / "latest.json")
+    p.add_argument("--output", type=Path, default=report.LATEST)
     a = p.parse_args(argv)
     quick = a.quick
     defaults = dict(repeats=1 if quick else 5, rounds=1 if quick else 15, seconds=1 if quick else 3,
@@ -59,16 +58,15 @@ def _args(argv):
 
 
 def _previous(output: Path) -> dict | None:
-    """Keep the run this one replaces as <name>.previous.json, for bench/compare.py."""
+    """Keep the run this one replaces, for bench/compare.py; None if there is none."""
     if not output.exists():
         return None
-    kept = output.with_name(output.stem + ".previous.json")
+    kept = compare.previous_path(output)
     output.replace(kept)
     try:
-        res = json.loads(kept.read_text())
-    except json.JSONDecodeError:
+        return compare.load(kept)
+    except ValueError:
         return None
-    return res if isinstance(res, dict) and "figures" in res else None
 
 
 def main(argv=None) -> int:
@@ -122,7 +120,7 @@ def main(argv=None) -> int:
     print(report.table(res))
     print(f"\nwritten {a.output} in {res['duration_seconds']:.0f} s")
     if previous is not None:
-        print(f"\nagainst the run before (kept as {a.output.with_name(a.output.stem + '.previous.json')}):")
+        print(f"\nagainst the run before (kept as {compare.previous_path(a.output)}):")
         print(compare.table(previous, res, compare.compare(previous, res)))
     return 1 if res["errors"] else 0
 

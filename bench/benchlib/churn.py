@@ -41,4 +41,4 @@ def run(node, httpd, repeats: int, seconds: float, log) -> dict:
     node.remove(client)
     node.remove(server)
     return {"unit": "connections/s", "seconds_per_run": seconds, "tool": f"wrk -t1 -c{CONNECTIONS}",
-            **result, "budget": BUDGET.as_dict(result["ratio"]["median"], result["ratio_ci"], result["ratio"])}
+            **result, "budget": BUDGET.judge(result["ratio"], result["ratio_ci"])}

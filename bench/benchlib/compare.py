@@ -1,16 +1,37 @@
 """Two benchmark runs side by side: each budget's figure, its change, and
-whether the change is larger than the runs' own spread.  Pure; no I/O."""
+whether the change is larger than the runs' own spread.  Pure, but for
+load()."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from .report import budgets
 
-__all__ = ["Row", "compare", "setup_differences", "regressions", "table"]
+__all__ = ["Row", "compare", "load", "previous_path", "setup_differences", "regressions", "table"]
 
 # Absolute figures (ms, MB, events/s) depend on the machine; ratios against a
 # baseline from the same run are meant to carry over.
 MACHINE_KEYS = ("kernel", "cpu_model", "cpu_count", "python")
+
+
+def previous_path(output: Path) -> Path:
+    """Where a run keeps the result it replaces: latest.json -> latest.previous.json."""
+    return output.with_name(output.stem + ".previous.json")
+
+
+def load(path: Path) -> dict:
+    """A result file, or ValueError saying what is wrong with it."""
+    try:
+        res = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not JSON: {e.msg}") from None
+    if not isinstance(res, dict) or "figures" not in res:
+        raise ValueError(f"{path}: not a benchmark result (no 'figures')")
+    return res
 
 
 @dataclass(frozen=True)

@@ -161,5 +161,5 @@ def run(n: int, repeats: int, log, node=None, kernel_seconds: float = 5.0) -> di
            "decode_match": summary(full), "match_only": summary(match_only),
            "decode_us_per_event": summary([1e6 / f - 1e6 / m for f, m in zip(full, match_only)]),
            "kernel": kernel}
-    out["decode_match"]["budget"] = BUDGET.as_dict(out["decode_match"]["median"], spread=out["decode_match"])
+    out["decode_match"]["budget"] = BUDGET.judge(out["decode_match"])
     return out

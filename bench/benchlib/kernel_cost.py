@@ -195,7 +195,7 @@ def run(node, httpd, repeats: int, seconds: float, refused: int, log) -> dict:
             "connect_close_ns_per_run": summary(cc),
         }
         if prog in PER_PACKET:
-            entry["budget"] = BUDGET.as_dict(entry["ratio"]["median"], spread=entry["ratio"])
+            entry["budget"] = BUDGET.judge(entry["ratio"])
         programs[prog] = entry
     iterators = {}
     for prog in ITERATORS:

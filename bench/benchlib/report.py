@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["table", "write_json", "verdicts", "budgets"]
+__all__ = ["table", "write_json", "verdicts", "budgets", "LATEST"]
+
+# Where bench/run.py writes its result unless told otherwise (git-ignored).
+LATEST = Path(__file__).resolve().parents[1] / "results" / "latest.json"
 
 
 def _fmt(v, digits: int = 1) -> str:

@@ -221,5 +221,5 @@ def run(node, n_pods: int, per_pod: int, scrapes: int, repeats: int, idle_second
         out["rss_mb"] = summary(rss)
         out["rss_peak_mb"] = env.rss_bytes(pid, "VmHWM") / 2**20
     for key, b in BUDGETS.items():
-        out[key]["budget"] = b.as_dict(out[key]["median"], spread=out[key])
+        out[key]["budget"] = b.judge(out[key])
     return out

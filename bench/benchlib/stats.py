@@ -83,3 +83,7 @@ class Budget:
             out["ci"] = ci
             out["settled"] = self.holds(ci["low"]) == self.holds(ci["high"])
         return out
+
+    def judge(self, stats: dict, ci: dict | None = None) -> dict:
+        """as_dict() for a summary(): judged on its median, with its min..max."""
+        return self.as_dict(stats["median"], ci, stats)

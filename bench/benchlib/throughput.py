@@ -31,4 +31,4 @@ def run(node, repeats: int, seconds: float, log) -> dict:
     node.remove(client)
     node.remove(server)
     return {"unit": "Gbit/s", "seconds_per_run": seconds, **result,
-            "budget": BUDGET.as_dict(result["ratio"]["median"], result["ratio_ci"], result["ratio"])}
+            "budget": BUDGET.judge(result["ratio"], result["ratio_ci"])}

@@ -133,31 +133,25 @@ class CgroupResolver:
         return out
 
     def _open_by_handle(self, ids: list[int], out: dict) -> list[int]:
-        """Resolve what the kernel can name; return the ids it could not."""
-        left = []
+        """Resolve what the kernel can name into ``out``; return the ids it could not."""
         try:
             root_fd = cgroup_handles.open_root(self._real_root)
             try:
                 for cid in ids:
                     path = cgroup_handles.path_of(self._real_root, root_fd, cid)
-                    if path is None:
-                        left.append(cid)
-                        continue
-                    info = CgroupInfo(cid, path, parse_cgroup_path(path))
-                    with self._lock:
-                        self._by_id[cid] = info
-                        self._misses.pop(cid, None)
-                    out[cid] = info
+                    if path is not None:
+                        info = out[cid] = CgroupInfo(cid, path, parse_cgroup_path(path))
+                        with self._lock:
+                            self._by_id[cid] = info
+                            self._misses.pop(cid, None)
             finally:
                 os.close(root_fd)
         except cgroup_handles.Unsupported as e:
             log.info("cgroup ids are resolved by walking %s: %s", self.root, e)
             self._handles = False
-            return [cid for cid in ids if out[cid] is None]
         except OSError as e:  # the root itself: walk, and try again next time
             log.warning("cannot open %s: %s", self.root, e)
-            return [cid for cid in ids if out[cid] is None]
-        return left
+        return [cid for cid in ids if out[cid] is None]
 
     def unresolvable(self, cgroup_id: int) -> bool:
         return self._misses.get(cgroup_id, 0) >= self.UNRESOLVED_AFTER
