@@ -3,6 +3,7 @@
 run, and a missing kernel feature that this kernel should have fails them."""
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,16 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support importable
+
+
+def pytest_sessionstart(session):
+    """Root tests share fixed names (ps-node, psbr0, the kubelet cgroup tree):
+    a second suite on the same machine waits for the first instead of
+    tearing its namespaces down under it."""
+    if os.geteuid() == 0:
+        fd = os.open("/run/lock/podsight-tests.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        session.config._podsight_lock = fd  # held until the process exits
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,6 +1,7 @@
 """Run the real agent (``podsight run``) as a child process and scrape it."""
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -15,9 +16,21 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["AgentProcess", "Scrape"]
+__all__ = ["AgentProcess", "Scrape", "WaitTimeout", "describe"]
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+class WaitTimeout(AssertionError):
+    """A wait's condition never held: the test fails (an AssertionError, so pytest shows it as one)."""
+
+
+def describe(predicate) -> str:
+    """The source text of a condition, for a failure message."""
+    try:
+        return " ".join(inspect.getsource(predicate).split())
+    except (OSError, TypeError):
+        return getattr(predicate, "__qualname__", repr(predicate))
 
 
 class Scrape:
@@ -95,25 +108,35 @@ class AgentProcess:
         assert status == 200, body
         return Scrape(body)
 
-    def wait_for(self, predicate, timeout: float = 15.0, interval: float = 0.3) -> Scrape:
-        """Scrape until ``predicate(scrape)`` holds; the last scrape is returned either way."""
+    def wait_for(self, predicate, timeout: float = 15.0, interval: float = 0.3, what: str = "") -> Scrape:
+        """Scrape until ``predicate(scrape)`` holds and return that scrape.
+
+        A timeout fails the test, naming the condition (``what``, else the
+        predicate's source line): a check after a wait that never held must
+        not pass by accident.
+        """
         deadline = time.monotonic() + timeout
         while True:
             s = self.scrape()
-            if predicate(s) or time.monotonic() > deadline:
+            if predicate(s):
                 return s
+            if time.monotonic() > deadline:
+                raise WaitTimeout(f"waited {timeout:g} s for {what or describe(predicate)}; it never held")
             time.sleep(interval)
 
     def events(self) -> list[dict]:
         """Security events printed so far (every stdout line must be JSON)."""
         return [json.loads(line) for line in list(self.stdout) if line.strip()]
 
-    def wait_events(self, predicate, timeout: float = 10.0) -> list[dict]:
+    def wait_events(self, predicate, timeout: float = 10.0, what: str = "") -> list[dict]:
+        """Events matching ``predicate``, once there is at least one; a timeout fails the test."""
         deadline = time.monotonic() + timeout
         while True:
             found = [e for e in self.events() if predicate(e)]
-            if found or time.monotonic() > deadline:
+            if found:
                 return found
+            if time.monotonic() > deadline:
+                raise WaitTimeout(f"waited {timeout:g} s for an event with {what or describe(predicate)}; none came")
             time.sleep(0.1)
 
     def send_signal(self, sig: int) -> None:

@@ -67,10 +67,17 @@ def cgroup2_root(configured: str = "", mountinfo: str = "/proc/self/mountinfo") 
     return found[0]
 
 
+# mount(2) flags, as systemd mounts tracefs: a pseudo file system needs no devices, setuid or exec.
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
+
+
 def _mount(source: str, target: str, fstype: str) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p] * 4 + [ctypes.c_ulong, ctypes.c_void_p]
-    if libc.mount(source.encode(), target.encode(), fstype.encode(), 0, None) != 0:
+    # mount(source, target, filesystemtype, mountflags, data): five arguments.
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+    libc.mount.restype = ctypes.c_int
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    if libc.mount(source.encode(), target.encode(), fstype.encode(), flags, None) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
