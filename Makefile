@@ -16,8 +16,12 @@ run: setup
 check: setup
 	.venv/bin/podsight check
 
+# As root the suite runs as on a fresh host: no tracefs, debugfs or bpffs but
+# what podsight's own code mounts (scripts/fresh-mounts.sh).
+FRESH := $(if $(filter 0,$(shell id -u)),scripts/fresh-mounts.sh,)
+
 test: setup-test
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	$(FRESH) .venv/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: setup-test
 	.venv/bin/python bench/run.py $(ARGS)

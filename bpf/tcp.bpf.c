@@ -2,7 +2,7 @@
 /*
  * TCP health per cgroup, from stable tracepoints only: connection lifecycle
  * (sock:inet_sock_set_state), retransmits, resets and drops with the
- * kernel's reason (skb:kfree_skb); RTT samples from an iterator over the
+ * kernel's reason (skb:kfree_skb); RTT samples from a walk over the
  * connections we track, not from a per-segment hook.
  *
  * Every event is charged to the *socket's* cgroup: most of these fire in
@@ -99,7 +99,7 @@ static __always_inline __u64 sk_cgroup_id(const struct sock *sk)
 	return BPF_CORE_READ(cg, kn, id);
 }
 
-/* The same for a BTF-typed socket (tp_btf, iterators): plain loads the
+/* The same for a BTF-typed socket (tp_btf): plain loads the
  * verifier guards, instead of a probe-read helper call per pointer. */
 static __always_inline __u64 btf_sk_cgroup_id(struct sock *sk)
 {
@@ -288,27 +288,34 @@ int tcp_receive_reset(struct trace_event_raw_tcp_event_sk *ctx)
 	return 0;
 }
 
-/* RTT samples without a program per received segment: the agent runs this
- * iterator every probes.tcp.srtt_sample_interval over the connections
- * whose open we counted, and each one that received segments since its last
+/* RTT samples without a program per received segment: every
+ * probes.tcp.srtt_sample_interval the agent runs this program once
+ * (BPF_PROG_TEST_RUN: nothing is attached) and it walks the connections
+ * whose open we counted; each one that received segments since its last
  * sample adds the kernel's smoothed RTT once (and once more as it closes).
+ * A walk with bpf_for_each_map_elem, not a map-element iterator: some
+ * kernels refuse iter/bpf_map_elem programs at load (EPERM on the 6.18
+ * development VMs), and a program run on demand needs no link.
  *
  * The key is the socket's address.  Its entry goes at TCP_CLOSE, before the
  * socket can be freed; if a close races with these reads, the memory is
- * still a tcp_sock (the slab is SLAB_TYPESAFE_BY_RCU and iterators run
- * under RCU), so the worst case is one sample read from the connection that
- * reused it, recorded for this entry's cgroup. */
-SEC("iter/bpf_map_elem")
-int tcp_rtt_sample(struct bpf_iter__bpf_map_elem *ctx)
+ * still a tcp_sock (the slab is SLAB_TYPESAFE_BY_RCU and the test run holds
+ * the RCU read lock), so the worst case is one sample read from the
+ * connection that reused it, recorded for this entry's cgroup. */
+static long sample_one(struct bpf_map *map, __u64 *key, struct sock_state *st, void *ctx)
 {
-	__u64 *key = ctx->key;
-	struct sock_state *st = ctx->value;
-
-	if (!key || !st || !st->established)
+	if (!st->established)
 		return 0;
 	const struct tcp_sock *tp = (const struct tcp_sock *)*key;
 
 	record_srtt(st, BPF_CORE_READ(tp, segs_in), BPF_CORE_READ(tp, srtt_us));
+	return 0;
+}
+
+SEC("raw_tp")
+int tcp_rtt_sample(void *ctx)
+{
+	bpf_for_each_map_elem(&tcp_socks, sample_one, NULL, 0);
 	return 0;
 }
 

@@ -39,9 +39,9 @@ FLOOR = {
 # Run for every packet / received segment: these carry the budget.  The rest
 # run once per connection state change or per drop/reset/retransmit.
 PER_PACKET = ("network_ingress", "network_egress")
-# The iterator the agent runs every srtt_sample_interval: one run per
-# socket visited, no hook and so no floor.
-ITERATORS = ("tcp_rtt_sample",)
+# The sampler the agent runs every srtt_sample_interval: one run walks every
+# tracked socket; no hook and so no floor.
+SAMPLERS = ("tcp_rtt_sample",)
 HOOKS = {
     "network_ingress": "cgroup_skb/ingress", "network_egress": "cgroup_skb/egress",
 "tcp_state": "tp_btf inet_sock_set_state",
@@ -197,10 +197,10 @@ def run(node, httpd, repeats: int, seconds: float, refused: int, log) -> dict:
         if prog in PER_PACKET:
             entry["budget"] = BUDGET.judge(entry["ratio"])
         programs[prog] = entry
-    iterators = {}
-    for prog in ITERATORS:
+    samplers = {}
+    for prog in SAMPLERS:
         per = [per_run("podsight", prog, i) for i in range(repeats)]
-        iterators[prog] = {"runs_per_repeat": summary([c for c, _ in per]),
+        samplers[prog] = {"runs_per_repeat": summary([c for c, _ in per]),
                            "ns_per_run": summary([x for _, x in per if x is not None])}
     return {"unit": "ns/run", "seconds_per_load": seconds, "refused_connects": refused,
             "method": "podsight and empty programs alone on the hooks in alternating turns, same loads",
@@ -208,5 +208,5 @@ def run(node, httpd, repeats: int, seconds: float, refused: int, log) -> dict:
             "turns": {s: [{w: {k: list(v) for k, v in d.items()} for w, d in t.items()} for t in ts]
                       for s, ts in turns.items()},
             "programs": programs,
-            # One run per socket visited (plus one closing run); the bench runs it twice a second.
-            "iterators": iterators}
+            # One run walks every tracked socket; the bench runs it twice a second.
+            "samplers": samplers}

@@ -67,9 +67,9 @@ def table(res: dict) -> str:
                          f"{_fmt(p['ns_per_run']['median'])} vs {_fmt(p['floor_ns_per_run']['median'])} = "
                          f"{_mmm(p['ratio'], 2)}x" + (f"; {_fmt(cc)} ns/event in connect/close loop" if cc else ""),
                          _verdict(p.get("budget"))))
-        for prog, p in f["kernel_cost"].get("iterators", {}).items():
+        for prog, p in f["kernel_cost"].get("samplers", {}).items():
             if p["ns_per_run"]["n"]:
-                rows.append((f"{prog} ns per socket visited", _mmm(p["ns_per_run"], 1), ""))
+                rows.append((f"{prog} ns per run (a walk of every tracked socket)", _mmm(p["ns_per_run"], 1), ""))
     if "scale" in f:
         s = f["scale"]
         rows.append(("scale: pods / series", f"{s['pods']} ({s['pods_labelled']} with k8s names) / {s['series']:,}", ""))

@@ -13,7 +13,7 @@ from .agent import Agent
 from .config import Config, parse_listen
 from .exporters.http import MetricsServer
 from .exporters.prometheus import MetricsRenderer
-from .kernel.mounts import MountError
+from .kernel.mounts import MountError, tracefs_root
 
 __all__ = ["Runtime", "StartupError"]
 
@@ -41,6 +41,10 @@ class Runtime:
         self.security_probe = None
         try:
             self.agent = Agent(cfg)
+            if cfg.probes.tcp.enabled or cfg.security.enabled:
+                # Mounted (or found) now, before any program is loaded: a node
+                # where we may not mount it stops here with nothing attached.
+                tracefs_root()
         except MountError as e:
             raise StartupError(str(e)) from None
         if cfg.security.enabled:

@@ -19,8 +19,8 @@ import sys
 SYSCALLS = {"x86_64": (321, 298), "aarch64": (280, 241)}  # (bpf, perf_event_open)
 NR_BPF, NR_PERF_EVENT_OPEN = SYSCALLS[platform.machine()]
 
-BPF_MAP_CREATE, BPF_PROG_LOAD, BPF_LINK_CREATE, BPF_ENABLE_STATS = 0, 5, 28, 32
-PROG_TRACEPOINT, PROG_CGROUP_SKB, PROG_TRACING = 5, 8, 26
+BPF_MAP_CREATE, BPF_PROG_LOAD, BPF_PROG_TEST_RUN, BPF_LINK_CREATE, BPF_ENABLE_STATS = 0, 5, 10, 28, 32
+PROG_TRACEPOINT, PROG_CGROUP_SKB, PROG_RAW_TRACEPOINT, PROG_TRACING = 5, 8, 17, 26
 BPF_TRACE_RAW_TP = 23  # tp_btf
 MAP_RINGBUF = 27
 CGROUP_INET_INGRESS = 0
@@ -76,8 +76,12 @@ def main() -> None:
 
     tp = prog_load(PROG_TRACEPOINT)
     res["prog_load_tracepoint"] = result(tp)
-    # The TCP probe's inet_sock_set_state program and its map iterator are both tracing programs.
+    # The TCP probe's inet_sock_set_state program is a tracing program.
     res["prog_load_tp_btf"] = result(prog_load(PROG_TRACING, BPF_TRACE_RAW_TP, tp_btf_id("inet_sock_set_state")))
+    # The RTT sampler: a raw_tp program the agent runs on demand (attached nowhere).
+    raw = prog_load(PROG_RAW_TRACEPOINT)
+    res["prog_load_raw_tp"] = result(raw)
+    res["prog_test_run_raw_tp"] = result(bpf(BPF_PROG_TEST_RUN, struct.pack("<I", raw))) if raw >= 0 else "not-loaded"
     with open(os.path.join(tracefs, "events/sched/sched_process_exec/id")) as f:
         tp_id = int(f.read())
     # perf_event_attr: type, size, config, sample_period, sample_type, read_format, flags

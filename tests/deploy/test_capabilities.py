@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from podsight.kernel.mounts import tracefs_root  # the agent's own code mounts it where missing
 from tests.deploy.chart import agent_container, render, render_scenario
 
 pytestmark = pytest.mark.root
 
 PROBE = Path(__file__).with_name("bpf_caps_probe.py")
 CORE_OPS = ["map_create_ringbuf", "prog_load_cgroup_skb", "link_cgroup_skb", "prog_load_tracepoint",
-            "prog_load_tp_btf", "perf_event_open_tracepoint"]
+            "prog_load_tp_btf", "prog_load_raw_tp", "prog_test_run_raw_tp", "perf_event_open_tracepoint"]
 
 
 def _mount_of(fstype: str) -> str:
@@ -61,7 +62,7 @@ def probe(caps: list[str], cgroup_dir: Path) -> dict[str, str]:
     caps = [c for c in caps if c not in missing]
     capset = ",".join(["-all", *(f"+{c.lower()}" for c in caps)])
     cmd = ["setpriv", f"--inh-caps={capset}", f"--ambient-caps={capset}", f"--bounding-set={capset}",
-           "--", sys.executable, str(PROBE), str(cgroup_dir), _mount_of("tracefs")]
+           "--", sys.executable, str(PROBE), str(cgroup_dir), tracefs_root()]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
@@ -80,6 +81,7 @@ def test_chart_capabilities_are_enough(cgroup_dir):
     ("BPF", "map_create_ringbuf"),
     ("PERFMON", "prog_load_tracepoint"),
     ("PERFMON", "prog_load_tp_btf"),
+    ("PERFMON", "prog_load_raw_tp"),
     ("NET_ADMIN", "link_cgroup_skb"),
 ])
 def test_each_chart_capability_is_needed(dropped, breaks, cgroup_dir):

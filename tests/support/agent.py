@@ -53,8 +53,10 @@ class Scrape:
 
 
 class AgentProcess:
-    def __init__(self, *args: str, config: str | None = None, env: dict[str, str] | None = None):
+    def __init__(self, *args: str, config: str | None = None, env: dict[str, str] | None = None,
+                 prefix: list[str] | None = None):
         self.args = list(args)
+        self.prefix = list(prefix or [])  # e.g. unshare/setpriv: commands that exec the agent
         self.config_path = None
         if config is not None:
             fd, self.config_path = tempfile.mkstemp(suffix=".yaml", prefix="podsight-test-")
@@ -68,7 +70,7 @@ class AgentProcess:
         self.stdout: list[str] = []  # stdout: security events, one JSON object per line
 
     def start(self, timeout: float = 20.0) -> "AgentProcess":
-        cmd = [sys.executable, "-m", "podsight.cli", "run", "--listen", "127.0.0.1:0", *self.args]
+        cmd = [*self.prefix, sys.executable, "-m", "podsight.cli", "run", "--listen", "127.0.0.1:0", *self.args]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env, cwd=REPO
         )

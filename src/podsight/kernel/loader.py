@@ -44,17 +44,6 @@ class Link:
         self._ptr: int | None = ptr
         self.what = what
 
-    def run_iter(self) -> None:
-        """Run an iterator link once over all its elements (its programs print nothing)."""
-        if not self._ptr:
-            raise ValueError(f"{self.what}: link destroyed")
-        fd = check_int("bpf_iter_create", lib.bpf_iter_create(lib.bpf_link__fd(self._ptr)), self.what)
-        try:
-            while os.read(fd, 4096):
-                pass
-        finally:
-            os.close(fd)
-
     def destroy(self) -> None:
         if self._ptr:
             lib.bpf_link__destroy(self._ptr)
@@ -165,16 +154,14 @@ class Map:
             ret = lib.bpf_map_get_next_key(self.fd, key, nxt)
 
 
-class _IterMapInfo(ctypes.Structure):
-    """union bpf_iter_link_info, its ``map`` member: the kernel zero-fills the rest."""
+class _TestRunOpts(ctypes.Structure):
+    """The head of libbpf's struct bpf_test_run_opts: no packet, no context."""
 
-    _fields_ = [("map_fd", ctypes.c_uint32)]
-
-
-class _IterAttachOpts(ctypes.Structure):
-    """struct bpf_iter_attach_opts of libbpf."""
-
-    _fields_ = [("sz", ctypes.c_size_t), ("link_info", ctypes.c_void_p), ("link_info_len", ctypes.c_uint32)]
+    _fields_ = [("sz", ctypes.c_size_t), ("data_in", ctypes.c_void_p), ("data_out", ctypes.c_void_p),
+                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
+                ("ctx_in", ctypes.c_void_p), ("ctx_out", ctypes.c_void_p),
+                ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
+                ("retval", ctypes.c_uint32), ("repeat", ctypes.c_int), ("duration", ctypes.c_uint32)]
 
 
 class BpfObject:
@@ -241,6 +228,9 @@ class BpfObject:
                 return prog
         raise KeyError(prog_name)
 
+    def autoload(self, prog_name: str) -> bool:
+        return bool(lib.bpf_program__autoload(self._program(prog_name)))
+
     def set_autoload(self, prog_name: str, on: bool) -> None:
         check_int("bpf_program__set_autoload", lib.bpf_program__set_autoload(self._program(prog_name), on))
 
@@ -251,6 +241,15 @@ class BpfObject:
                 self.maps[name] = Map(ptr)
 
     # -- after load --------------------------------------------------------
+    def run(self, prog_name: str) -> int:
+        """Run a loaded program once, now, on this CPU (BPF_PROG_TEST_RUN; a
+        ``raw_tp`` program with no context): for work the agent drives, such
+        as the RTT sampler.  Returns the program's return value."""
+        opts = _TestRunOpts(ctypes.sizeof(_TestRunOpts))
+        fd = lib.bpf_program__fd(self._program(prog_name))
+        check_int("bpf_prog_test_run_opts", lib.bpf_prog_test_run_opts(fd, ctypes.byref(opts)), prog_name)
+        return opts.retval
+
     def loaded_programs(self) -> dict[str, int]:
         """Program name → fd, for programs that were loaded."""
         return {n: lib.bpf_program__fd(p) for n, p in self._programs() if lib.bpf_program__fd(p) >= 0}
@@ -263,13 +262,6 @@ class BpfObject:
         """Attach by section name (tracepoint/…, raw_tp/…, tp_btf/…)."""
         ptr = lib.bpf_program__attach(self._program(prog_name))
         return self._keep(Link(check_ptr("bpf_program__attach", ptr, prog_name), prog_name))
-
-    def attach_iter(self, prog_name: str, map_name: str) -> Link:
-        """Attach a map-element iterator (``iter/bpf_map_elem`` …) to one of our maps."""
-        info = _IterMapInfo(self.maps[map_name].fd)
-        opts = _IterAttachOpts(ctypes.sizeof(_IterAttachOpts), ctypes.addressof(info), ctypes.sizeof(info))
-        ptr = lib.bpf_program__attach_iter(self._program(prog_name), ctypes.byref(opts))
-        return self._keep(Link(check_ptr("bpf_program__attach_iter", ptr, f"{prog_name} on {map_name}"), prog_name))
 
     def attach_cgroup(self, prog_name: str, cgroup_path: str) -> Link:
         prog = self._program(prog_name)

@@ -93,12 +93,17 @@ def ensure_mounted(fstype: str, paths: tuple[str, ...]) -> str:
         _mount("nodev" if fstype == "tracefs" else fstype, target, fstype)
     except OSError as e:
         raise MountError(
-            f"{fstype} is not mounted and mounting it at {target} failed ({e.strerror}); "
-            f"mount it yourself (mount -t {fstype} nodev {target}) or run with CAP_SYS_ADMIN"
+            f"{fstype} is not mounted (looked at {', '.join(paths)}) and mounting it at {target} "
+            f"failed ({e.strerror}); mount it yourself (mount -t {fstype} nodev {target}) "
+            f"or run with CAP_SYS_ADMIN"
         ) from None
     log.info("mounted %s at %s", fstype, target)
     return target
 
 
 def tracefs_root() -> str:
-    return ensure_mounted("tracefs", TRACEFS_PATHS)
+    """tracefs, for tracepoint ids and formats (the tcp and security probes)."""
+    try:
+        return ensure_mounted("tracefs", TRACEFS_PATHS)
+    except MountError as e:
+        raise MountError(f"the tcp and security probes need tracefs: {e}") from None

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from ..config import Config
 from . import mounts
 from .drop_reasons import drop_reasons
-from .features import has_iterator
 from .layouts import DROP_REASON_WORDS, SEC_PREFIX_LEN, SEC_PREFIXES, PodRoot, SecurityConfig, TcpConfig
-from .loader import BpfObject, Link
+from .loader import BpfObject
 
 __all__ = ["Probe", "NetworkProbe", "TcpProbe", "SecurityProbe", "ProgramStats", "program_stats", "security_config",
            "tcp_config"]
@@ -45,12 +44,43 @@ class Probe:
     def sample(self) -> None:
         """Periodic in-kernel work the agent drives (every ``sample_interval`` s)."""
 
+    def optional_programs(self) -> set[str]:
+        """Programs whose refusal at load takes down only their own part:
+        the object is loaded again without them."""
+        return set()
+
+    def refused(self, programs: set[str], error: str) -> None:
+        """The kernel refused ``programs`` at load with ``error``."""
+
+    def _open(self, cfg: Config, without: set[str]) -> BpfObject:
+        obj = BpfObject(self.obj_name)
+        try:
+            self.configure(obj, cfg)
+            for prog in without:
+                obj.set_autoload(prog, False)
+        except BaseException:
+            obj.close()
+            raise
+        return obj
+
     def start(self, cfg: Config, cgroup_root: str) -> bool:
         obj = None
         try:
-            obj = BpfObject(self.obj_name)
-            self.configure(obj, cfg)
-            obj.load()
+            obj = self._open(cfg, set())
+            try:
+                obj.load()
+            except OSError as e:
+                optional = {p for p in self.optional_programs() if obj.autoload(p)}
+                if not optional:
+                    raise
+                # A kernel may refuse one kind of program (seen: iterators, EPERM)
+                # and take the rest: lose only the part that needs it.
+                obj.close()
+                obj = self._open(cfg, optional)
+                obj.load()
+                self.refused(optional, str(e))
+                log.warning("probe %s: %s refused by this kernel (%s); loaded without", self.name,
+                            ", ".join(sorted(optional)), e)
             self.attach(obj, cfg, cgroup_root)
         except (OSError, ValueError) as e:
             if obj is not None:
@@ -81,9 +111,11 @@ class NetworkProbe(Probe):
 
 
 class TcpProbe(Probe):
-    """Tracepoints for TCP health.  Parts whose tracepoint this kernel lacks
-    stay unattached and report up=0; the other parts run."""
+    """Tracepoints for TCP health.  Parts whose tracepoint this kernel lacks,
+    or whose program it refuses, stay unattached and report up=0; the other
+    parts run."""
 
+    RTT_SAMPLER = "tcp_rtt_sample"
     PARTS = {
         "tcp": {
             "tcp_state": "sock/inet_sock_set_state",
@@ -91,14 +123,13 @@ class TcpProbe(Probe):
             "tcp_send_reset": "tcp/tcp_send_reset",
             "tcp_receive_reset": "tcp/tcp_receive_reset",
         },
-        "tcp_rtt": {"tcp_rtt_sample": "iter:bpf_map_elem"},  # an iterator, not a tracepoint
+        "tcp_rtt": {RTT_SAMPLER: None},  # run by the agent, attached nowhere
         "network_drops": {"skb_drop": "skb/kfree_skb"},
     }
 
     def __init__(self) -> None:
         super().__init__("tcp", "tcp")
         self.parts: dict[str, bool] = {part: False for part in self.PARTS}
-        self._rtt: Link | None = None
         self.drop_reasons: dict[int, str] = {}  # this kernel's numbering
 
     def configure(self, obj: BpfObject, cfg: Config) -> None:
@@ -111,30 +142,31 @@ class TcpProbe(Probe):
         self._present = {}
         for part, progs in self.PARTS.items():
             for prog, tp in progs.items():
-                if tp.startswith("iter:"):
-                    ok = has_iterator(tp[len("iter:"):])
-                else:
-                    ok = os.path.isdir(os.path.join(events, tp))
+                ok = tp is None or os.path.isdir(os.path.join(events, tp))
                 self._present[prog] = ok
                 if not ok:
                     log.warning("%s missing on this kernel: %s part disabled", tp, part)
                     obj.set_autoload(prog, False)
 
+    def optional_programs(self) -> set[str]:
+        return {self.RTT_SAMPLER}
+
+    def refused(self, programs: set[str], error: str) -> None:
+        for prog in programs:
+            self._present[prog] = False
+
     def attach(self, obj: BpfObject, cfg: Config, cgroup_root: str) -> None:
         for part, progs in self.PARTS.items():
             ok = True
-            for prog in progs:
+            for prog, tp in progs.items():
                 if not self._present[prog]:
                     ok = False
-                    continue
-                try:
-                    if prog == "tcp_rtt_sample":
-                        self._rtt = obj.attach_iter(prog, "tcp_socks")
-                    else:
+                elif tp is not None:
+                    try:
                         obj.attach(prog)
-                except OSError as e:
-                    log.warning("cannot attach %s: %s", prog, e)
-                    ok = False
+                    except OSError as e:
+                        log.warning("cannot attach %s: %s", prog, e)
+                        ok = False
             self.parts[part] = ok
         if not self.parts["tcp"]:
             raise OSError(f"tcp lifecycle tracepoints unavailable: {self.parts}")
@@ -143,12 +175,8 @@ class TcpProbe(Probe):
         return {part: self.up and ok for part, ok in self.parts.items()}
 
     def sample(self) -> None:
-        if self.up and self._rtt is not None:
-            self._rtt.run_iter()
-
-    def stop(self) -> None:
-        self._rtt = None
-        super().stop()
+        if self.up and self.parts["tcp_rtt"]:
+            self.obj.run(self.RTT_SAMPLER)
 
 
 @dataclass(frozen=True)
