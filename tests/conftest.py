@@ -18,7 +18,8 @@ def pytest_sessionstart(session):
     a second suite on the same machine waits for the first instead of
     tearing its namespaces down under it."""
     if os.geteuid() == 0:
-        fd = os.open("/run/lock/podsight-tests.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        lock_dir = "/run/lock" if os.path.isdir("/run/lock") else "/tmp"
+        fd = os.open(f"{lock_dir}/podsight-tests.lock", os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         session.config._podsight_lock = fd  # held until the process exits
 
