@@ -117,9 +117,19 @@ class Egress:
 
 
 @dataclass
+class Aggregate:
+    # Repeats of one detection (rule, cgroup, program, parent, target) within
+    # the window: one summary line with a count.  0: every occurrence a line.
+    window: Duration = Duration(10.0)
+    # Distinct detections written per rule and cgroup per window; beyond: dropped, counted.
+    max_lines: int = 100
+
+
+@dataclass
 class SecurityOutput:
     stdout: bool = True
     file: str = ""
+    aggregate: Aggregate = field(default_factory=Aggregate)
 
 
 @dataclass
@@ -290,6 +300,8 @@ def _check(cfg: Config, where: dict[str, str]) -> None:
         if not _DROP_REASON.fullmatch(name):
             fail(f"probes.tcp.ignored_drop_reasons[{i}]",
                  f"expected a kernel drop reason name like QUEUE_PURGE, got {name!r}")
+    if cfg.security.output.aggregate.max_lines < 1:
+        fail("security.output.aggregate.max_lines", "expected a positive integer")
     size = cfg.security.ringbuf_size_kb
     if size < 4 or size & (size - 1):
         fail("security.ringbuf_size_kb", f"expected a power of two >= 4, got {size}")

@@ -78,6 +78,7 @@ class Runtime:
         from .security.rules import RuleError, config_lists, load_rules
 
         from .exporters.events import EventSink, ProcessInfo
+        from .security.aggregate import Aggregator
 
         try:
             self.rules = load_rules(self.cfg.security.rules_files, config_lists(self.cfg))
@@ -86,7 +87,8 @@ class Runtime:
         out = self.cfg.security.output
         try:
             self.sink = EventSink(self.rules, self.agent.identity_of, ProcessInfo(self.cfg.security.proc_root),
-                                  stdout=out.stdout, file=out.file)
+                                  stdout=out.stdout, file=out.file,
+                                  aggregator=Aggregator(out.aggregate.window, out.aggregate.max_lines))
         except OSError as e:
             raise StartupError(f"security.output.file {out.file!r}: {e.strerror}") from None
         self.security_probe = SecurityProbe(kernel_filter(self.rules))

@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from typing import Callable, Mapping, TextIO
 
+from ..security.aggregate import EMIT, LIMITED, Aggregator
 from ..security.events import IdentityPart, event_line
 from ..security.fields import EventView
 from ..security.model import RawEvent
@@ -84,13 +85,26 @@ class ProcessInfo:
             return ""
 
 
+def _target(ev: RawEvent, view: EventView) -> object:
+    """What a detection is about, beside its rule, cgroup and process."""
+    if ev.kind == "connect":
+        return ev.dst_ip, ev.dst_port
+    if ev.kind == "ptrace":
+        return ev.ptrace_request, ev.target_pid
+    if ev.kind == "exec":
+        return view.path, tuple(ev.args)
+    return view.path
+
+
 class EventSink:
-    """Matches events and writes one JSON line per match.
+    """Matches events and writes one JSON line per match, repeats aggregated
+    (podsight.security.aggregate).
 
     Lines are buffered until ``flush()`` (the reader calls it after each
-    ring-buffer poll) or until ``BATCH`` lines are waiting, so a flood is
-    written in large writes and a single event is out within one poll.
-    The match counters move with the lines they count.
+    ring-buffer poll, at least every 200 ms) or until ``BATCH`` lines are
+    waiting, so a flood is written in large writes and a single event is out
+    within one poll.  The match counters move with the lines they count;
+    every match is counted, written, aggregated or dropped.
     """
 
     BATCH = 256
@@ -104,6 +118,7 @@ class EventSink:
         stdout: bool = True,
         file: str = "",
         clock: Callable[[], float] = time.monotonic,
+        aggregator: Aggregator | None = None,
     ):
         self.rules = rules
         self.identity_of = identity_of
@@ -116,7 +131,9 @@ class EventSink:
         if self._file is not None:
             self._outs.append(self._file)
         self._lock = threading.Lock()
+        self.aggregator = aggregator or Aggregator(window=0, max_lines=1)
         self.matches: dict[tuple[str, str, str], int] = {}
+        self.drops: dict[tuple[str, str], int] = {}  # (reason, event kind): matches not written
         self._lines: list[str] = []
         self._pending: dict[tuple[str, str, str], int] = {}
         self._identities: dict[int, tuple[float, Mapping[str, object], IdentityPart]] = {}
@@ -147,24 +164,36 @@ class EventSink:
             return
         ns = str(identity.get("namespace", ""))
         lines, pending = self._lines, self._pending
+        now = self._clock()
+        target = _target(ev, view)
         for rule in rules:
-            lines.append(event_line(rule, ev, part, view))
+            what = self.aggregator.offer((rule.name, ev.cgroup_id, ev.exe, ev.ppid, target), (rule.name, ev.cgroup_id),
+                                         ev.ts_ns, now, (rule, ev, part, view))
+            if what == EMIT:
+                lines.append(event_line(rule, ev, part, view))
+            elif what == LIMITED:
+                with self._lock:
+                    self.drops[("output_limited", ev.kind)] = self.drops.get(("output_limited", ev.kind), 0) + 1
             key = (rule.name, rule.severity, ns)
             pending[key] = pending.get(key, 0) + 1
         if len(lines) >= self.BATCH:
             self.flush()
 
-    def flush(self) -> None:
-        """Write the waiting lines (one write per output) and count them."""
-        if not self._lines:
+    def flush(self, now: float | None = None) -> None:
+        """Write the waiting lines and the summaries of windows closed by ``now``
+        (one write per output) and count them."""
+        for rep in self.aggregator.closed(self._clock() if now is None else now):
+            rule, ev, part, view = rep.last
+            self._lines.append(event_line(rule, ev, part, view, rep))
+        if not self._lines and not self._pending:
             return
-        text = "\n".join(self._lines) + "\n"
+        text = "\n".join(self._lines) + "\n" if self._lines else ""
         pending = self._pending
         self._lines, self._pending = [], {}
         with self._lock:
             for key, n in pending.items():
                 self.matches[key] = self.matches.get(key, 0) + n
-            for out in self._outs:
+            for out in self._outs if text else ():
                 try:
                     out.write(text)
                     out.flush()
@@ -175,7 +204,11 @@ class EventSink:
         with self._lock:
             return dict(self.matches)
 
+    def dropped(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self.drops)
+
     def close(self) -> None:
-        self.flush()
+        self.flush(now=float("inf"))  # open windows: their summaries now
         if self._file is not None:
             self._file.close()

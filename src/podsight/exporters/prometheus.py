@@ -83,10 +83,11 @@ class MetricsRenderer:
             for (rule, severity, namespace), n in sorted(sink.counts().items()):
                 w.sample("podsight_security_events_total",
                          f'rule="{escape(rule)}",severity="{severity}",namespace="{escape(namespace)}",node="{node}"', n)
-        if snap.event_drops:
+        drops = {**snap.event_drops, **(sink.dropped() if sink is not None else {})}
+        if drops:
             w.family("podsight_events_dropped", "counter",
                      "Security events not delivered, by reason and event kind (every drop is counted).")
-            for (reason, kind), n in sorted(snap.event_drops.items()):
+            for (reason, kind), n in sorted(drops.items()):
                 w.sample("podsight_events_dropped_total", f'reason="{reason}",event="{kind}",node="{node}"', n)
 
     def _directional(self, w: Writer, data, metric: str, help_text: str, ingress: int, egress: int) -> None:

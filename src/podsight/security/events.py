@@ -8,7 +8,8 @@ Shape (published as ``event.schema.json``, documented in docs/security.md)::
      "process": {"pid", "tid", "name", "exe", "args", "cwd", "uid", "gid"},
      "parent": {"pid", "name"},
      "syscall": {"name", "path", "flags", "mode", "request", "target_pid",
-                 "family", "dst_ip", "dst_port", "return_code", "error"}}
+                 "family", "dst_ip", "dst_port", "return_code", "error"},
+     "count", "first_time", "last_time"}         # only on a summary of repeats
 
 Kubernetes names sit at the top level with kube-state-metrics' names so a
 log pipeline can join them with metrics; arguments are always redacted.
@@ -29,6 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Mapping
 
+from .aggregate import Repeat
 from .fields import FIELDS, EventView
 from .model import RawEvent
 from .names import errno_name, family_name, mode_string, open_flag_names, ptrace_request_name
@@ -168,8 +170,9 @@ def _syscall_fields(ev: RawEvent, path: str) -> dict[str, object]:
 
 
 def build_event(rule: Rule, ev: RawEvent, identity: Mapping[str, object],
-                view: EventView | None = None) -> dict[str, object]:
-    """The JSON-ready dict for one match (``view`` reuses matching's work)."""
+                view: EventView | None = None, repeat: Repeat | None = None) -> dict[str, object]:
+    """The JSON-ready dict for one match (``view`` reuses matching's work);
+    with ``repeat``, the summary of a detection's repeats (``ev`` the latest)."""
     view = view or EventView(ev, identity)
     args = redact_args(ev.args)
     path = _redacted(view.path)
@@ -198,6 +201,10 @@ def build_event(rule: Rule, ev: RawEvent, identity: Mapping[str, object],
     }
     obj["parent"] = {"pid": ev.ppid, "name": ev.parent_comm}
     obj["syscall"] = _syscall_fields(ev, path)
+    if repeat is not None:
+        obj["count"] = repeat.count
+        obj["first_time"] = rfc3339_ns(repeat.first_ns)
+        obj["last_time"] = rfc3339_ns(repeat.last_ns)
     return obj
 
 
@@ -283,7 +290,15 @@ def _syscall_json(ev: RawEvent, path: str) -> str:
     return out
 
 
-def event_line(rule: Rule, ev: RawEvent, part: IdentityPart, view: EventView | None = None) -> str:
+def _repeat_json(repeat: Repeat | None) -> str:
+    if repeat is None:
+        return ""
+    return (f',"count":{repeat.count},"first_time":"{rfc3339_ns(repeat.first_ns)}",'
+            f'"last_time":"{rfc3339_ns(repeat.last_ns)}"')
+
+
+def event_line(rule: Rule, ev: RawEvent, part: IdentityPart, view: EventView | None = None,
+               repeat: Repeat | None = None) -> str:
     """One JSON line (no trailing newline) for an identity rendered beforehand."""
     view = view or EventView(ev, part.identity)
     args = redact_args(ev.args) if ev.args else []
@@ -296,11 +311,11 @@ def event_line(rule: Rule, ev: RawEvent, part: IdentityPart, view: EventView | N
         f'"exe":{_jstr(_redacted(ev.exe))},"args":[{",".join(map(_jstr, args))}],'
         f'"args_truncated":{"true" if ev.args_truncated else "false"},"cwd":{_jstr(_redacted(ev.cwd))},'
         f'"uid":{ev.uid},"gid":{ev.gid}}},"parent":{{"pid":{ev.ppid},"name":{_jstr(ev.parent_comm)}}},'
-        f'"syscall":{{{_syscall_json(ev, path)}}}}}'
+        f'"syscall":{{{_syscall_json(ev, path)}}}{_repeat_json(repeat)}}}'
     )
 
 
 def event_json(rule: Rule, ev: RawEvent, identity: Mapping[str, object],
-               view: EventView | None = None) -> str:
+               view: EventView | None = None, repeat: Repeat | None = None) -> str:
     """One JSON line (no trailing newline)."""
-    return event_line(rule, ev, _part_of(identity), view or EventView(ev, identity))
+    return event_line(rule, ev, _part_of(identity), view or EventView(ev, identity), repeat)
