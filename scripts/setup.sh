@@ -10,7 +10,7 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 run_pkgs=(clang llvm libbpf-dev libbpf1 bpftool iproute2 make)
-test_pkgs=(iptables iperf3 wrk prometheus prometheus-alertmanager unzip curl openssl git util-linux)
+test_pkgs=(iptables iperf3 wrk prometheus prometheus-alertmanager unzip curl openssl git util-linux musl-tools)
 
 missing=()
 for p in "${run_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -48,6 +48,13 @@ if ! deps_ok test && ! deps_ok "$kind"; then
 fi
 
 scripts/build-bpf.sh
+
+# A static musl program for the security tests: musl calls open(2), not openat(2).
+if [ "$want_test" = 1 ] && { [ ! -x build/tools/rawopen ] || [ tests/tools/rawopen.c -nt build/tools/rawopen ]; }; then
+  mkdir -p build/tools
+  musl-gcc -static -O2 -Wall -Werror -o build/tools/rawopen.tmp tests/tools/rawopen.c
+  mv build/tools/rawopen.tmp build/tools/rawopen
+fi
 
 if [ "$want_test" = 1 ] && [ -x scripts/fetch-helm.sh ]; then
   scripts/fetch-helm.sh >/dev/null
