@@ -199,26 +199,51 @@ static __always_inline int finish(struct trace_event_raw_sys_exit *ctx)
 	return 0;
 }
 
-/* A path the prefix filter may not judge: relative, or with // or /. parts
- * (user space normalizes it before matching). */
-static __always_inline bool unnormalized(const char *p)
+/* A path the prefix test may not judge: user space normalizes it before
+ * matching (fields.normalize_path), or sees only part of it.  That is a path
+ * that is relative or unreadable, fills the buffer (n, the read's length with
+ * its NUL, is SEC_PATH_LEN: the cut may hide a "/../"), or holds //, /./ or
+ * /../ anywhere, or ends in /. or /..
+ *
+ * The whole string is scanned, not a prefix of it: /opt/<27 a>/../../etc/shadow
+ * is /etc/shadow.  A plain bounded loop that stops at the NUL: per byte of an
+ * ordinary path a load and two compares (only a '/' looks ahead), and the
+ * verifier walks it once per byte (unrolled, 255 steps would bloat every open
+ * program).  A byte is read only after the one before it was non-NUL, so no
+ * read goes past the string. */
+static __always_inline bool unnormalized(const char *p, long n)
 {
-	if (p[0] != '/')
+	if (n <= 1 || n >= SEC_PATH_LEN || p[0] != '/')
 		return true;
-#pragma unroll
-	for (int i = 0; i < SEC_PREFIX_LEN; i++) {
+	for (__u32 i = 0; i < SEC_PATH_LEN - 1; i++) {
 		if (p[i] == 0)
 			return false;
-		if (p[i] == '/' && (p[i + 1] == '/' || p[i + 1] == '.'))
-			return true;
+		if (p[i] != '/')
+			continue;
+		char a = p[i + 1];
+
+		if (a == '/')
+			return true;	/* "//" */
+		if (a != '.')
+			continue;
+		char b = p[i + 2];
+
+		if (b == 0 || b == '/')
+			return true;	/* "/./", trailing "/." */
+		if (b != '.')
+			continue;
+		char c = p[i + 3];
+
+		if (c == 0 || c == '/')
+			return true;	/* "/../", trailing "/.." */
 	}
 	return false;
 }
 
-static __always_inline bool prefix_match(const char *p)
+/* Prefixes are cut to SEC_PREFIX_LEN - 1 bytes by the loader (fit_prefixes),
+ * which only widens the test. */
+static __always_inline bool has_prefix(const char *p)
 {
-	if (!cfg.n_prefixes || unnormalized(p))
-		return true;
 #pragma unroll
 	for (int k = 0; k < SEC_PREFIXES; k++) {
 		if (k >= cfg.n_prefixes)
@@ -239,6 +264,12 @@ static __always_inline bool prefix_match(const char *p)
 			return true;
 	}
 	return false;
+}
+
+/* Scan first: with the prefix loops first, clang 14 fails to unroll them. */
+static __always_inline bool prefix_match(const char *p, long n)
+{
+	return !cfg.n_prefixes || unnormalized(p, n) || has_prefix(p);
 }
 
 /* ---- exec ---- */
@@ -287,8 +318,9 @@ static __always_inline int open_enter(__u32 syscall, const char *path, __u64 fla
 
 	if (!ev)
 		return 0;
-	bpf_probe_read_user_str(ev->path, sizeof(ev->path), path);
-	if (!cfg.open_all && !prefix_match(ev->path))
+	long n = bpf_probe_read_user_str(ev->path, sizeof(ev->path), path);
+
+	if (!cfg.open_all && !prefix_match(ev->path, n))
 		return 0;
 	ev->flags = flags;
 	ev->mode = mode;

@@ -4,6 +4,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from podsight.kernel.layouts import SEC_PATH_LEN
 from podsight.security import DEFAULT_RULES_PATH, RawEvent, kernel_filter, load_rules
 
 from .helpers import HOST, pod
@@ -13,8 +14,23 @@ RULES = load_rules([DEFAULT_RULES_PATH], lists=LISTS)
 FILTER = kernel_filter(RULES)
 
 
+def unnormalized(raw: str) -> bool:
+    """security.bpf.c ``unnormalized()``: a path the prefix test may not judge.
+
+    ``raw`` is the argument as the process passed it.  The kernel reads at most
+    SEC_PATH_LEN - 1 bytes of it, and passes every path that fills that
+    buffer (the cut may hide anything), so ``//`` and friends are searched in
+    the whole of a shorter path.
+    """
+    return (len(raw.encode()) >= SEC_PATH_LEN - 1 or not raw.startswith("/") or "//" in raw or "/./" in raw
+            or "/../" in raw or raw.endswith(("/.", "/..")))
+
+
 def kernel_passes(f: dict, e: RawEvent, idn) -> bool:
-    """What the BPF side does with the knobs (the contract documented in kernel_filter)."""
+    """What the knobs allow the BPF side to drop (the contract documented in
+    kernel_filter); the path test is exactly security.bpf.c's, which
+    tests/kernel/test_kernel_filter_real.py checks against the loaded programs.
+    (The kernel implements only some knobs, so it drops less than this.)"""
     if e.kind not in f["kinds"]:
         return False
     if f["pods_only"] and not idn.get("in_pod"):
@@ -23,12 +39,9 @@ def kernel_passes(f: dict, e: RawEvent, idn) -> bool:
     if k["comms"] is not None and e.comm not in k["comms"]:
         return False
     prefixes = k.get("path_prefixes")
-    if prefixes is not None:
-        raw = e.path
-        unnormalized = not raw.startswith("/") or "//" in raw or "/./" in raw or "/../" in raw or \
-            raw.endswith(("/.", "/.."))
-        if not unnormalized and not raw.startswith(tuple(prefixes)):
-            return False
+    if prefixes is not None and not unnormalized(e.path) and \
+            not e.path.encode().startswith(tuple(p.encode() for p in prefixes)):
+        return False
     if k.get("write_only") and not e.flags & (0o1 | 0o2 | 0o100 | 0o1000):
         return False
     if k.get("mode_bits_any") is not None and not e.mode & k["mode_bits_any"]:
@@ -82,12 +95,20 @@ def test_no_active_rules_needs_nothing(tmp_path):
     assert kernel_filter(load_rules([p])) == {"kinds": [], "pods_only": False}
 
 
-_paths = st.sampled_from([
-    "/etc/shadow", "/etc//shadow", "shadow", "../etc/shadow", "/tmp/../etc/passwd", "/tmp/x", "/dev/shm/p",
-    "/srv/app/main.py", "/usr/local/bin/kubectl", "/home/bob/.ssh/id_rsa", "/root/.ssh/id_rsa.pub",
-    "/var/run/secrets/kubernetes.io/serviceaccount/token", "/run/secrets/kubernetes.io/serviceaccount/token",
-    "/etc/sudoers.d/x", "", "./payload", "/bin/sh", "/usr/bin/python3",
-])
+_paths = st.one_of(
+    st.sampled_from([
+        "/etc/shadow", "/etc//shadow", "shadow", "../etc/shadow", "/tmp/../etc/passwd", "/tmp/x", "/dev/shm/p",
+        "/srv/app/main.py", "/usr/local/bin/kubectl", "/home/bob/.ssh/id_rsa", "/root/.ssh/id_rsa.pub",
+        "/var/run/secrets/kubernetes.io/serviceaccount/token", "/run/secrets/kubernetes.io/serviceaccount/token",
+        "/etc/sudoers.d/x", "", "./payload", "/bin/sh", "/usr/bin/python3", "/etc/shadow/.", "//etc/shadow",
+        "/./etc/shadow", "/srv/x/..", "/opt/" + "a" * 27 + "/../../etc/shadow",
+    ]),
+    # A climb out of a directory of any length: the ".." lands before, at and
+    # after byte 32, and near or past the kernel's 256-byte read.
+    st.builds(lambda n, up, target: "/opt/" + "a" * n + "/.." * up + target, st.integers(0, 300),
+              st.integers(1, 3), st.sampled_from(["/etc/shadow", "/root/.ssh/id_rsa", "/etc/sudoers.d/x",
+                                                  "/var/run/secrets/kubernetes.io/serviceaccount/token"])),
+)
 _events = st.builds(
     RawEvent,
     kind=st.sampled_from(["exec", "open", "chmod", "ptrace", "connect"]),
@@ -110,6 +131,15 @@ _events = st.builds(
 def test_kernel_filter_never_drops_a_match(e, idn):
     if RULES.match(e, idn):
         assert kernel_passes(FILTER, e, idn), e
+
+
+def test_unnormalized_cases():
+    counterexample = "/opt/" + "a" * 27 + "/../../etc/shadow"  # ".." after byte 32
+    assert unnormalized(counterexample)
+    assert RULES.match(RawEvent("open", comm="cat", path=counterexample), pod())
+    assert [unnormalized(p) for p in ("/etc/shadow", "/srv/.venv/x.py", "/srv/..x", "/srv/x/", "/" + "a" * 253)] \
+        == [False] * 5
+    assert [unnormalized(p) for p in ("/srv/x/.", "/srv/x/..", "//x", "x", "", "/" + "a" * 254)] == [True] * 6
 
 
 def test_kernel_filter_does_drop_something():

@@ -20,8 +20,10 @@ Result (``None`` means "no restriction: send everything"):
 
 ``path_prefixes`` are for absolute, normalized paths.  The kernel sees the raw
 argument, so it must also pass any path that is relative or contains ``//``,
-``/./`` or ``/../`` (user space normalizes those before matching).  ``comms``
-compare with the task comm (15 characters).
+``/./`` or ``/../`` anywhere, or ends in ``/.`` or ``/..`` (user space
+normalizes those before matching), and any path that fills its 256-byte read
+(user space would see only a cut).  ``comms`` compare with the task comm (15
+characters).
 """
 from __future__ import annotations
 
