@@ -90,6 +90,8 @@ enum sec_syscall {
 	SYSC_FCHMOD = 6,
 	SYSC_PTRACE = 7,
 	SYSC_CONNECT = 8,
+	SYSC_OPEN = 9,		/* open(2): what musl's open() and fopen() call on x86_64 */
+	SYSC_CREAT = 10,
 };
 
 /* Why an event did not reach user space: index of security_drops. */

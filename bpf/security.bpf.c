@@ -343,6 +343,26 @@ int sec_openat2(struct trace_event_raw_sys_enter *ctx)
 	return open_enter(SYSC_OPENAT2, (const char *)ctx->args[1], how.flags, how.mode);
 }
 
+/* open(2) and creat(2): not on every architecture (arm64 has only openat),
+ * so their tracepoints may be missing and stay unattached. */
+SEC("tracepoint/syscalls/sys_enter_open")
+int sec_open(struct trace_event_raw_sys_enter *ctx)
+{
+	return open_enter(SYSC_OPEN, (const char *)ctx->args[0], ctx->args[1], ctx->args[2]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_creat")
+int sec_creat(struct trace_event_raw_sys_enter *ctx)
+{
+	return open_enter(SYSC_CREAT, (const char *)ctx->args[0], O_CREAT | O_WRONLY | O_TRUNC, ctx->args[1]);
+}
+
+SEC("tracepoint/syscalls/sys_exit_open")
+int sec_open_exit(struct trace_event_raw_sys_exit *ctx) { return finish(ctx); }
+
+SEC("tracepoint/syscalls/sys_exit_creat")
+int sec_creat_exit(struct trace_event_raw_sys_exit *ctx) { return finish(ctx); }
+
 SEC("tracepoint/syscalls/sys_exit_openat")
 int sec_openat_exit(struct trace_event_raw_sys_exit *ctx) { return finish(ctx); }
 

@@ -22,6 +22,8 @@ TRACEPOINTS = {
     "security": [
         "sched/sched_process_exec",
         "syscalls/sys_enter_execve",
+        "syscalls/sys_enter_open",
+        "syscalls/sys_enter_creat",
         "syscalls/sys_enter_openat",
         "syscalls/sys_exit_openat",
         "syscalls/sys_enter_fchmodat",

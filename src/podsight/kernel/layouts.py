@@ -85,7 +85,8 @@ SEC_PREFIXES = 16
 SEC_PREFIX_LEN = 32
 # enum sec_kind / sec_syscall / sec_drop, by value.
 SEC_KINDS = ("exec", "open", "chmod", "ptrace", "connect")
-SEC_SYSCALLS = ("execve", "openat", "openat2", "chmod", "fchmodat", "fchmodat2", "fchmod", "ptrace", "connect")
+SEC_SYSCALLS = ("execve", "openat", "openat2", "chmod", "fchmodat", "fchmodat2", "fchmod", "ptrace", "connect",
+                "open", "creat")
 SEC_DROPS = ("rate_limited", "ringbuf_full", "pending_full")
 
 

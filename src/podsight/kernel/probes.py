@@ -208,6 +208,10 @@ class SecurityProbe(Probe):
     # program → (kind, tracepoint)
     PROGRAMS = {
         "sec_exec": ("exec", "sched/sched_process_exec"),
+        "sec_open": ("open", "syscalls/sys_enter_open"),
+        "sec_open_exit": ("open", "syscalls/sys_exit_open"),
+        "sec_creat": ("open", "syscalls/sys_enter_creat"),
+        "sec_creat_exit": ("open", "syscalls/sys_exit_creat"),
         "sec_openat": ("open", "syscalls/sys_enter_openat"),
         "sec_openat_exit": ("open", "syscalls/sys_exit_openat"),
         "sec_openat2": ("open", "syscalls/sys_enter_openat2"),

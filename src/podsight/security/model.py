@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 __all__ = ["EVENT_KINDS", "IDENTITY_KEYS", "RawEvent", "host_identity"]
 
 # One kind per family of syscalls; the loader folds variants together
-# (execve/execveat/sched_process_exec → exec, openat/openat2 → open,
+# (execve/execveat/sched_process_exec → exec, open/creat/openat/openat2 → open,
 # chmod/fchmod/fchmodat/fchmodat2 → chmod) and names the real one in ``syscall``.
 EVENT_KINDS = ("exec", "open", "chmod", "ptrace", "connect")
 

@@ -1,0 +1,75 @@
+"""Security monitoring as an attacker meets it: other libcs, long and odd
+paths, repeats.  The real agent, the default rules, actions in a simulated pod."""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.support.agent import AgentProcess
+
+pytestmark = pytest.mark.root
+
+REPO = Path(__file__).resolve().parents[2]
+RAWOPEN = REPO / "build" / "tools" / "rawopen"  # static musl: open(2) and creat(2), never openat(2)
+
+
+def security(extra: str = "") -> str:
+    return "security:\n  enabled: true\n" + extra
+
+
+@pytest.fixture
+def rawopen() -> str:
+    if not RAWOPEN.exists():
+        pytest.fail(f"{RAWOPEN} is missing: `make setup-test` builds it (musl-tools)")
+    return str(RAWOPEN)
+
+
+@pytest.fixture
+def etc_name():
+    """A file name below /etc that the test may create (the simulated pod shares the host's files)."""
+    path = Path("/etc") / f"podsight-test-{uuid.uuid4().hex[:8]}"
+    yield str(path)
+    path.unlink(missing_ok=True)
+
+
+def run_in(pod, *cmd: str) -> str:
+    p = pod.run(*cmd, text=True)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err
+    return out.strip()
+
+
+def test_musl_open_of_a_sensitive_file_is_seen(node, rawopen):
+    pod = node.pod("musl", netns=False)
+    with AgentProcess(config=security()) as agent:
+        fd = run_in(pod, rawopen, "open", "/etc/shadow")
+        [e] = agent.wait_events(lambda e: e["rule"] == "sensitive_file_read" and e["process"]["name"] == "rawopen",
+                                what="sensitive_file_read from the musl program")
+    assert e["syscall"]["name"] == "open" and e["syscall"]["path"] == "/etc/shadow"
+    assert e["syscall"]["return_code"] == int(fd) and e["process"]["exe"] == rawopen
+
+
+@pytest.mark.parametrize("how,syscall", [("creat", "creat"), ("write", "open")])
+def test_musl_write_below_etc_is_seen(node, rawopen, etc_name, how, syscall):
+    pod = node.pod("muslw", netns=False)
+    with AgentProcess(config=security()) as agent:
+        run_in(pod, rawopen, how, etc_name)
+        [e] = agent.wait_events(lambda e: e["rule"] == "write_below_etc_or_bin" and e["syscall"]["path"] == etc_name,
+                                what=f"write_below_etc_or_bin from musl {how}")
+    assert os.path.exists(etc_name)  # the write really happened
+    assert e["syscall"]["name"] == syscall and "O_CREAT" in e["syscall"]["flags"]
+    assert e["syscall"]["mode"] == "0644"
+
+
+def test_a_long_climb_back_to_a_sensitive_file(node):
+    """The kernel filter judges the whole path: /opt/<27 a>/../../etc/shadow is /etc/shadow."""
+    pod = node.pod("climb", netns=False)
+    odd = "/opt/" + "a" * 27 + "/../../etc/shadow"
+    with AgentProcess(config=security()) as agent:
+        pod.run("cat", odd).wait(10)  # fails (no such directory): still an attempt to read /etc/shadow
+        [e] = agent.wait_events(lambda e: e["rule"] == "sensitive_file_read" and e["process"]["name"] == "cat",
+                                what="sensitive_file_read through a long ../ path")
+    assert e["syscall"]["path"] == "/etc/shadow" and e["syscall"]["error"] == "ENOENT"
