@@ -125,6 +125,7 @@ struct security_event {
 	char comm[SEC_COMM_LEN];
 	char parent_comm[SEC_COMM_LEN];
 	char path[SEC_PATH_LEN];
+	char cwd[SEC_PATH_LEN];	/* exec and relative paths: working directory, from the kernel; "" if unknown */
 	char args[SEC_ARGS_LEN];
 };
 

@@ -66,6 +66,14 @@ struct {
 	__type(value, struct security_event);
 } scratch SEC(".maps");
 
+/* The working directory is built from its last component back, here. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, char[2 * SEC_PATH_LEN]);
+} cwd_scratch SEC(".maps");
+
 struct rate_bucket {
 	__u64 tokens;		/* token-nanoseconds: TOKEN per event */
 	__u64 last_ns;
@@ -164,8 +172,110 @@ static __always_inline struct security_event *begin(__u32 kind, __u32 syscall)
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	BPF_CORE_READ_STR_INTO(&ev->parent_comm, task, real_parent, comm);
 	ev->path[0] = 0;
+	ev->cwd[0] = 0;
 	ev->args[0] = 0;
 	return ev;
+}
+
+#define CWD_DEPTH 64	/* directory levels walked; deeper: left empty, user space reads /proc */
+#define PATH_MASK (SEC_PATH_LEN - 1)
+
+struct cwd_walk {
+	char *buf;
+	struct dentry *d, *root;
+	struct vfsmount *vm, *root_mnt;
+	struct mount *mnt;
+	__u32 mnt_off;
+	__u32 pos;		/* buf[pos..255] holds the path so far */
+	int done;		/* 1: reached the root; -1: too long */
+};
+
+/* One step up: a name, or a mount crossed.  Fields of w are copied to locals
+ * first: inside BPF_CORE_READ they would be taken for kernel types. */
+static long cwd_step(__u32 i, struct cwd_walk *w)
+{
+	struct dentry *d = w->d;
+	struct vfsmount *vm = w->vm;
+	struct mount *mnt = w->mnt;
+
+	if (d == w->root && vm == w->root_mnt) {
+		w->done = 1;
+		return 1;
+	}
+	struct dentry *parent = BPF_CORE_READ(d, d_parent);
+
+	if (d == BPF_CORE_READ(vm, mnt_root) || d == parent) {
+		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
+
+		if (up == mnt) {
+			w->done = 1;	/* the namespace's root */
+			return 1;
+		}
+		w->d = BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->mnt = up;
+		w->vm = (void *)up + w->mnt_off;
+		return 0;
+	}
+	__u32 len = BPF_CORE_READ(d, d_name.len);
+	__u32 pos = w->pos;
+
+	if (len == 0 || len >= pos) {
+		w->done = -1;
+		return 1;
+	}
+	pos -= len;
+	bpf_probe_read_kernel(w->buf + (pos & PATH_MASK), len & PATH_MASK, BPF_CORE_READ(d, d_name.name));
+	pos--;
+	w->buf[pos & PATH_MASK] = '/';
+	w->pos = pos;
+	w->d = parent;
+	return 0;
+}
+
+/* The calling task's working directory as the task sees it (up to its own
+ * root, so a container's path), from task->fs->pwd: short-lived processes
+ * keep it, and reading it needs no access to /proc/<pid>/cwd.  The dentry
+ * walk Falco and Tracee do, crossing mounts, in bpf_loop so the verifier
+ * checks one step, not every depth.  Names are written from the end of a
+ * 2 x 256-byte buffer back, offsets masked so every access is in bounds.  A
+ * path longer than 255 bytes or deeper than CWD_DEPTH leaves cwd empty
+ * rather than cut. */
+static __always_inline void read_cwd(struct security_event *ev)
+{
+	__u32 zero = 0;
+	char *buf = bpf_map_lookup_elem(&cwd_scratch, &zero);
+
+	if (!buf)
+		return;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fs_struct *fs = BPF_CORE_READ(task, fs);
+
+	if (!fs)
+		return;
+	/* container_of(), with the offset relocated for the running kernel. */
+	__u32 mnt_off = bpf_core_field_offset(struct mount, mnt);
+	struct cwd_walk w = {
+		.buf = buf,
+		.root = BPF_CORE_READ(fs, root.dentry),
+		.root_mnt = BPF_CORE_READ(fs, root.mnt),
+		.d = BPF_CORE_READ(fs, pwd.dentry),
+		.vm = BPF_CORE_READ(fs, pwd.mnt),
+		.mnt_off = mnt_off,
+		.pos = PATH_MASK,
+	};
+
+	w.mnt = (void *)w.vm - mnt_off;
+	buf[PATH_MASK] = 0;
+	bpf_loop(CWD_DEPTH, cwd_step, &w, 0);
+	if (w.done != 1)
+		return;
+	if (w.pos == PATH_MASK) {	/* the root itself */
+		ev->cwd[0] = '/';
+		ev->cwd[1] = 0;
+		return;
+	}
+	bpf_probe_read_kernel(ev->cwd, (SEC_PATH_LEN - w.pos) & PATH_MASK, buf + (w.pos & PATH_MASK));
+	ev->cwd[PATH_MASK] = 0;
 }
 
 /* Send now (exec: no exit to wait for). */
@@ -286,6 +396,7 @@ int sec_exec(struct trace_event_raw_sched_process_exec *ctx)
 	unsigned int off = ctx->__data_loc_filename & 0xFFFF;
 
 	bpf_probe_read_kernel_str(ev->path, sizeof(ev->path), (void *)ctx + off);
+	read_cwd(ev);
 
 	/* argv from the new image's memory: NUL-separated, bounded. */
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
@@ -322,6 +433,8 @@ static __always_inline int open_enter(__u32 syscall, const char *path, __u64 fla
 
 	if (!cfg.open_all && !prefix_match(ev->path, n))
 		return 0;
+	if (ev->path[0] != '/')
+		read_cwd(ev);
 	ev->flags = flags;
 	ev->mode = mode;
 	hold(ev);
@@ -381,8 +494,11 @@ static __always_inline int chmod_enter(__u32 syscall, const char *path, __u32 mo
 
 	if (!ev)
 		return 0;
-	if (path)
+	if (path) {
 		bpf_probe_read_user_str(ev->path, sizeof(ev->path), path);
+		if (ev->path[0] != '/')
+			read_cwd(ev);
+	}
 	ev->mode = mode;
 	hold(ev);
 	return 0;

@@ -3,6 +3,7 @@ paths, repeats.  The real agent, the default rules, actions in a simulated pod."
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -73,3 +74,42 @@ def test_a_long_climb_back_to_a_sensitive_file(node):
         [e] = agent.wait_events(lambda e: e["rule"] == "sensitive_file_read" and e["process"]["name"] == "cat",
                                 what="sensitive_file_read through a long ../ path")
     assert e["syscall"]["path"] == "/etc/shadow" and e["syscall"]["error"] == "ENOENT"
+
+
+@pytest.fixture(params=["/tmp", "/dev/shm"])
+def temp_script_dir(request):
+    """A directory in a temp dir holding run.sh; /dev/shm is its own mount (the cwd walk crosses it)."""
+    d = Path(request.param) / f"podsight-test-{uuid.uuid4().hex[:8]}"
+    d.mkdir()
+    (d / "run.sh").write_text("#!/bin/sh\ntrue\n")
+    (d / "run.sh").chmod(0o755)
+    yield d
+    for p in d.iterdir():
+        p.unlink()
+    d.rmdir()
+
+
+@pytest.mark.parametrize("argv", [["bash", "run.sh"], ["sh", "-e", "run.sh"], ["./run.sh"]])
+def test_script_run_by_a_relative_name_from_a_temp_dir(node, temp_script_dir, argv):
+    """cd /tmp/x && bash run.sh: argv names no temp dir, the resolved script does."""
+    pod = node.pod("rel", netns=False)
+    with AgentProcess(config=security()) as agent:
+        assert pod.run(*argv, cwd=temp_script_dir).wait(10) == 0
+        [e] = agent.wait_events(lambda e: e["rule"] == "exec_from_temp_dir", what="exec_from_temp_dir")
+    script = str(temp_script_dir / "run.sh")
+    # The cwd comes from the kernel: for `bash run.sh` (an absolute exec path)
+    # nothing reads /proc, and these processes are gone by the time it could.
+    assert e["process"]["cwd"] == str(temp_script_dir)
+    if argv[0] == "./run.sh":
+        assert e["syscall"]["path"] == script and e["process"]["exe"] == script
+    else:
+        assert e["process"]["script"] == script and e["syscall"]["path"] == shutil.which(argv[0])
+
+
+def test_relative_open_by_a_short_lived_process_has_its_cwd(node):
+    pod = node.pod("cwd", netns=False)
+    with AgentProcess(config=security()) as agent:
+        assert pod.run("cat", "shadow", cwd="/etc").wait(10) == 0
+        [e] = agent.wait_events(lambda e: e["rule"] == "sensitive_file_read" and e["process"]["name"] == "cat",
+                                what="sensitive_file_read of a relative path")
+    assert (e["process"]["cwd"], e["syscall"]["path"]) == ("/etc", "/etc/shadow")

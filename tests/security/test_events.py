@@ -82,7 +82,7 @@ def test_exec_event_fields_and_redaction():
         "node-a", "shop", "web-0", "app", "registry.example/shop/web:1.4")
     assert obj["process"] == {"pid": 4242, "tid": 4242, "name": "sh", "exe": "/bin/dash",
                               "args": ["sh", "-c", "mysql -uroot -p*** shop"], "args_truncated": False,
-                              "cwd": "/srv", "uid": 1000, "gid": 1000}
+                              "cwd": "/srv", "script": "", "uid": 1000, "gid": 1000}
     assert obj["parent"] == {"pid": 4200, "name": "gunicorn"}
     assert obj["syscall"] == {"name": "execve", "path": "/bin/sh", "return_code": 0}
     assert obj["summary"] == ("shell_in_container: sh (pid 4242, uid 1000, parent gunicorn) executed /bin/sh "

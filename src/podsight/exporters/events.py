@@ -20,7 +20,7 @@ from typing import Callable, Mapping, TextIO
 
 from ..security.aggregate import EMIT, LIMITED, Aggregator
 from ..security.events import IdentityPart, event_line
-from ..security.fields import EventView
+from ..security.fields import EventView, normalize_path
 from ..security.model import RawEvent
 from ..security.rules import RuleSet
 
@@ -151,12 +151,14 @@ class EventSink:
         return identity, part
 
     def handle(self, ev: RawEvent) -> None:
+        if ev.path and not ev.path.startswith("/") and not ev.cwd:
+            ev.cwd = self.proc.cwd(ev.pid)  # the kernel could not walk it: too deep or too long
         if ev.kind == "exec":
+            if not ev.exe.startswith("/") and ev.cwd:
+                ev.exe = normalize_path(ev.exe, ev.cwd)  # ./run.sh, run from its directory
             self.proc.remember_exec(ev.pid, ev.exe, ev.comm)
         else:
             ev.exe = self.proc.exe(ev.pid, ev.comm)
-        if ev.path and not ev.path.startswith("/"):
-            ev.cwd = self.proc.cwd(ev.pid)
         identity, part = self._identity(ev.cgroup_id)
         view = EventView(ev, identity)
         rules = self.rules.match_view(view)

@@ -113,6 +113,7 @@ class SecurityEvent(ctypes.Structure):
         ("comm", c_char * SEC_COMM_LEN),
         ("parent_comm", c_char * SEC_COMM_LEN),
         ("path", c_char * SEC_PATH_LEN),
+        ("cwd", c_char * SEC_PATH_LEN),
         ("args", c_char * SEC_ARGS_LEN),
     ]
 

@@ -28,7 +28,7 @@ _INT_CODES = {1: "b", 2: "h", 4: "i", 8: "q"}
 # The fields ``decode`` unpacks, in layout order (all but ``args``).
 _HEAD_FIELDS = ("ts_ns", "cgroup_id", "ret", "ptrace_request", "kind", "syscall", "pid", "tid", "ppid", "uid",
                 "gid", "flags", "mode", "target_pid", "family", "dst_port", "args_len", "dst_addr", "comm",
-                "parent_comm", "path")
+                "parent_comm", "path", "cwd")
 
 
 def _head_struct() -> struct.Struct:
@@ -74,7 +74,7 @@ def _text(b: bytes) -> str:
 
 def decode(raw: bytes, offset_ns: int) -> RawEvent:
     (ts_ns, cgroup_id, ret, ptrace_request, kind_no, syscall_no, pid, tid, ppid, uid, gid, flags, mode, target_pid,
-     family, dst_port, args_len, dst_addr, comm, parent_comm, path) = _HEAD.unpack_from(raw)
+     family, dst_port, args_len, dst_addr, comm, parent_comm, path, cwd) = _HEAD.unpack_from(raw)
     kind = SEC_KINDS[kind_no] if kind_no < len(SEC_KINDS) else "unknown"
     ev = RawEvent(
         kind=kind,
@@ -89,6 +89,7 @@ def decode(raw: bytes, offset_ns: int) -> RawEvent:
         parent_comm=_text(parent_comm),
         syscall=SEC_SYSCALLS[syscall_no] if syscall_no < len(SEC_SYSCALLS) else "",
         path=_text(path),
+        cwd=_text(cwd),
         flags=flags,
         mode=mode,
         ptrace_request=ptrace_request,

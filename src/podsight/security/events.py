@@ -5,7 +5,7 @@ Shape (published as ``event.schema.json``, documented in docs/security.md)::
     {"time": "2026-11-26T06:05:36.123456789Z", "rule": ..., "severity": ...,
      "summary": "human sentence", "tags": [...], "event": "open",
      "node", "namespace", "pod", "container", "image", "workload", ...,
-     "process": {"pid", "tid", "name", "exe", "args", "cwd", "uid", "gid"},
+     "process": {"pid", "tid", "name", "exe", "args", "cwd", "script", "uid", "gid"},
      "parent": {"pid", "name"},
      "syscall": {"name", "path", "flags", "mode", "request", "target_pid",
                  "family", "dst_ip", "dst_port", "return_code", "error"},
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .aggregate import Repeat
-from .fields import FIELDS, EventView
+from .fields import FIELDS, EventView, script_of
 from .model import RawEvent
 from .names import errno_name, family_name, mode_string, open_flag_names, ptrace_request_name
 from .redact import redact_args, redact_text
@@ -75,6 +75,11 @@ def rfc3339_ns(ts_ns: int) -> str:
     if last[0] != secs:
         last = _second = (secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)))
     return f"{last[1]}.{ns:09d}Z"
+
+
+def _script(ev: RawEvent, args: list[str]) -> str:
+    """From the redacted arguments: a secret passed as the first operand stays hidden."""
+    return _redacted(script_of(ev.comm, args, ev.cwd)) if ev.kind == "exec" else ""
 
 
 def _where(idn: Mapping[str, object]) -> str:
@@ -196,6 +201,7 @@ def build_event(rule: Rule, ev: RawEvent, identity: Mapping[str, object],
         "args": args,
         "args_truncated": bool(ev.args_truncated),
         "cwd": _redacted(ev.cwd),
+        "script": _script(ev, args),
         "uid": ev.uid,
         "gid": ev.gid,
     }
@@ -310,7 +316,7 @@ def event_line(rule: Rule, ev: RawEvent, part: IdentityPart, view: EventView | N
         f'"cgroup_id":{ev.cgroup_id},"process":{{"pid":{ev.pid},"tid":{ev.tid},"name":{_jstr(ev.comm)},'
         f'"exe":{_jstr(_redacted(ev.exe))},"args":[{",".join(map(_jstr, args))}],'
         f'"args_truncated":{"true" if ev.args_truncated else "false"},"cwd":{_jstr(_redacted(ev.cwd))},'
-        f'"uid":{ev.uid},"gid":{ev.gid}}},"parent":{{"pid":{ev.ppid},"name":{_jstr(ev.parent_comm)}}},'
+        f'"script":{_jstr(_script(ev, args))},"uid":{ev.uid},"gid":{ev.gid}}},"parent":{{"pid":{ev.ppid},"name":{_jstr(ev.parent_comm)}}},'
         f'"syscall":{{{_syscall_json(ev, path)}}}{_repeat_json(repeat)}}}'
     )
 

@@ -17,7 +17,7 @@ from typing import Callable, Mapping
 
 from .model import EVENT_KINDS, RawEvent
 
-__all__ = ["FIELDS", "Field", "EventView", "normalize_path", "parse_ip"]
+__all__ = ["FIELDS", "INTERPRETERS", "Field", "EventView", "normalize_path", "parse_ip", "script_of"]
 
 
 def normalize_path(path: str, cwd: str = "") -> str:
@@ -95,12 +95,45 @@ def _open_write(v: EventView) -> bool:
     return bool(v.ev.flags & (0o1 | 0o2 | 0o100 | 0o1000))
 
 
+# Programs that run a file named by their first operand.  Options after which
+# they run code from an argument instead: for shells -c (also in a cluster:
+# bash -xc); for the others also -e (perl, ruby, node; perl -ne), python -m,
+# php -r and node --eval.
+_SHELLS = frozenset({"sh", "bash", "dash", "ash", "zsh", "ksh", "mksh", "csh", "tcsh", "fish", "busybox"})
+INTERPRETERS = _SHELLS | frozenset({"python", "python2", "python3", "perl", "ruby", "node", "php", "lua"}) | frozenset(
+    f"python3.{n}" for n in range(6, 16))
+_INLINE_EXACT = frozenset({"-m", "-r", "--eval"})
+
+
+def _inline(arg: str, shell: bool) -> bool:
+    if arg[:1] != "-" or arg[:2] == "--":
+        return arg in _INLINE_EXACT
+    return "c" in arg or (not shell and ("e" in arg or arg in _INLINE_EXACT))
+
+
+def script_of(comm: str, args: list[str], cwd: str) -> str:
+    """The file an interpreter (by its comm) was given, made absolute with
+    ``cwd``, so ``cd /tmp/x && bash run.sh`` names /tmp/x/run.sh; "" for
+    inline code and for other programs (whose first operand is no script)."""
+    if comm not in INTERPRETERS:
+        return ""
+    shell = comm in _SHELLS
+    for arg in args[1:]:
+        if _inline(arg, shell):
+            return ""
+        if arg[:1] != "-":
+            return normalize_path(arg, cwd)
+    return ""
+
+
 _SPECS: list[tuple[str, str, frozenset[str], Callable[[EventView], object], str]] = [
     ("process.name", "str", _ALL, lambda v: v.ev.comm, "task comm (at most 15 characters)"),
     ("process.exe", "str", _ALL, lambda v: v.ev.exe, "executable path"),
     ("process.args", "str", _ALL, lambda v: " ".join(v.ev.args[1:]), "arguments after argv[0], space-joined"),
     ("process.cmdline", "str", _ALL, lambda v: " ".join(v.ev.args), "argv including argv[0], space-joined"),
-    ("process.cwd", "str", _ALL, lambda v: v.ev.cwd, "working directory"),
+    ("process.cwd", "str", _ALL, lambda v: v.ev.cwd, "working directory (exec and relative paths)"),
+    ("process.script", "str", frozenset({"exec"}), lambda v: script_of(v.ev.comm, v.ev.args, v.ev.cwd),
+     "the script an interpreter (sh, bash, python3, perl, ...) runs: its first operand, made absolute with cwd"),
     ("process.pid", "int", _ALL, lambda v: v.ev.pid, "process id"),
     ("process.uid", "int", _ALL, lambda v: v.ev.uid, "real user id"),
     ("process.gid", "int", _ALL, lambda v: v.ev.gid, "real group id"),
