@@ -68,8 +68,14 @@ struct tcp_config {
 #define SEC_COMM_LEN 16
 #define SEC_PATH_LEN 256
 #define SEC_ARGS_LEN 512
-#define SEC_PREFIXES 16
-#define SEC_PREFIX_LEN 32
+/* The kernel filter (podsight.security.kernel_filter): clauses, and the
+ * path and comm tables whose entries name the clauses they satisfy. */
+#define SEC_CLAUSES 32		/* a u32 bitmask */
+#define SEC_MATCH_PATHS 48
+#define SEC_MATCH_PATH_LEN 64
+#define SEC_MATCH_COMMS 96
+#define SEC_REQUESTS 16
+#define SEC_FAMILIES 4
 
 enum sec_kind {
 	SEC_EXEC = 0,
@@ -99,7 +105,8 @@ enum sec_drop {
 	SEC_DROP_RATE_LIMITED = 0,
 	SEC_DROP_RINGBUF_FULL = 1,
 	SEC_DROP_PENDING_FULL = 2,	/* no room to hold an entry until its exit */
-	SEC_DROP_REASONS = 3,
+	SEC_DROP_GUARD_LIMITED = 3,	/* a path the kernel cannot judge, over the pod's guard */
+	SEC_DROP_REASONS = 4,
 };
 
 /* One record of the security ring buffer. */
@@ -121,26 +128,62 @@ struct security_event {
 	__u16 family;		/* connect */
 	__u16 dst_port;		/* host byte order */
 	__u32 args_len;		/* bytes of args used: NUL-separated argv */
+	__u32 clauses;		/* filter clauses it satisfies; 0: a path the kernel could not judge */
+	__u32 pad;
 	__u8 dst_addr[16];	/* IPv4 in the first 4 bytes */
 	char comm[SEC_COMM_LEN];
 	char parent_comm[SEC_COMM_LEN];
 	char path[SEC_PATH_LEN];
 	char cwd[SEC_PATH_LEN];	/* exec and relative paths: working directory, from the kernel; "" if unknown */
+	char exe[SEC_PATH_LEN];	/* all but exec (whose path it is): the executable, from the kernel; "" if unknown */
 	char args[SEC_ARGS_LEN];
+};
+
+/* A clause: an event of its kind that passes every test it needs is a
+ * candidate match of a rule.  comm exclusions come from the comm table. */
+#define CLAUSE_PATH 1		/* the path is in a path entry naming this clause */
+#define CLAUSE_COMM 2		/* the comm is in a comm entry including this clause */
+#define CLAUSE_READ 4		/* opened for reading (not O_WRONLY, not O_PATH) */
+#define CLAUSE_WRITE 8		/* O_WRONLY, O_RDWR, O_CREAT or O_TRUNC */
+struct sec_clause {
+	__u32 kind;		/* enum sec_kind */
+	__u32 need;		/* CLAUSE_* */
+	__u32 mode_any;		/* 0: any mode; else one of these mode bits */
+	__u32 pad;
+};
+
+struct sec_match_path {
+	__u32 clauses;		/* bit k: a path matching this satisfies clause k's path test */
+	__u16 len;
+	__u8 exact;		/* else a prefix */
+	__u8 pad;
+	char s[SEC_MATCH_PATH_LEN];
+};
+
+struct sec_match_comm {
+	__u32 include;		/* clauses whose comm test this comm passes */
+	__u32 exclude;		/* clauses whose rule excepts this comm */
+	char s[SEC_COMM_LEN];	/* NUL-padded, as bpf_get_current_comm() writes it */
 };
 
 /* Load-time knobs of security.bpf.c, from the rules (podsight.security.kernel_filter). */
 struct security_config {
-	__u64 rate_per_sec;	/* token bucket per cgroup */
+	__u64 rate_per_sec;	/* token bucket per (cgroup, clause): candidate matches */
 	__u64 burst;
+	__u64 guard_per_sec;	/* token bucket per cgroup: paths the kernel cannot judge */
+	__u64 guard_burst;
 	__u32 include_host;	/* else only tasks below a kubepods cgroup */
-	__u32 open_all;		/* send every open (no rule lets us filter) */
-	__u32 open_write_only;	/* only opens with a write/create/truncate flag */
-	__u32 n_prefixes;	/* 0: no path-prefix filter */
-	__u32 chmod_mode_any;	/* 0: every chmod; else only modes with one of these bits */
-	__u32 pad;
-	__u32 prefix_len[SEC_PREFIXES];
-	char prefixes[SEC_PREFIXES][SEC_PREFIX_LEN];
+	__u32 n_clauses;
+	__u32 n_paths;
+	__u32 n_comms;
+	__u32 kind_clauses[8];	/* by enum sec_kind: the clauses of that kind */
+	__u32 n_requests;	/* ptrace requests some rule needs; 0: any */
+	__u32 n_families;	/* connect families some rule needs; 0: any */
+	__s64 requests[SEC_REQUESTS];
+	__u32 families[SEC_FAMILIES];
+	struct sec_clause clauses[SEC_CLAUSES];
+	struct sec_match_path paths[SEC_MATCH_PATHS];
+	struct sec_match_comm comms[SEC_MATCH_COMMS];
 };
 
 /* Where pods live: cgroup id of a kubepods directory and its depth. */

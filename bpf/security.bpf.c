@@ -79,13 +79,24 @@ struct rate_bucket {
 	__u64 last_ns;
 };
 
-/* Token bucket per cgroup.  No spin locks in tracing programs, so updates are
- * atomic adds and one compare-and-swap: under a burst from one cgroup on
- * several CPUs at once it may grant a few events more or less than exact. */
+/* Token buckets: one per (cgroup, clause) for candidate matches, so a flood
+ * of one rule's matches cannot spend another's budget, and one per cgroup
+ * (slot GUARD_SLOT) for paths the kernel cannot judge.  No spin locks in
+ * tracing programs, so updates are atomic adds and one compare-and-swap:
+ * under a burst from one cgroup on several CPUs at once a bucket may grant a
+ * few events more or less than exact. */
+#define GUARD_SLOT SEC_CLAUSES
+
+struct bucket_key {
+	__u64 cgroup_id;
+	__u32 slot;		/* clause, or GUARD_SLOT */
+	__u32 pad;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
+	__uint(max_entries, 65536);
+	__type(key, struct bucket_key);
 	__type(value, struct rate_bucket);
 } rate_buckets SEC(".maps");
 
@@ -113,23 +124,24 @@ static __always_inline bool in_pod(void)
 	return false;
 }
 
-static __always_inline bool rate_allows(__u64 cgid)
+static __always_inline bool take_token(__u64 cgid, __u32 slot, __u64 rate, __u64 burst)
 {
+	struct bucket_key key = { .cgroup_id = cgid, .slot = slot };
 	__u64 now = bpf_ktime_get_ns();
-	__u64 cap = cfg.burst * TOKEN;
-	struct rate_bucket *b = bpf_map_lookup_elem(&rate_buckets, &cgid);
+	__u64 cap = burst * TOKEN;
+	struct rate_bucket *b = bpf_map_lookup_elem(&rate_buckets, &key);
 
 	if (!b) {
 		struct rate_bucket fresh = { .tokens = cap - TOKEN, .last_ns = now };
 
-		bpf_map_update_elem(&rate_buckets, &cgid, &fresh, BPF_NOEXIST);
+		bpf_map_update_elem(&rate_buckets, &key, &fresh, BPF_NOEXIST);
 		return true;
 	}
 	__u64 last = b->last_ns;
 
 	if (now > last && __sync_val_compare_and_swap(&b->last_ns, last, now) == last) {
 		/* Only the CPU that moved last_ns refills, so no refill counts twice. */
-		__u64 add = (now - last) * cfg.rate_per_sec;
+		__u64 add = (now - last) * rate;
 		__u64 t = b->tokens + add;
 
 		b->tokens = t > cap ? cap : t;
@@ -138,6 +150,36 @@ static __always_inline bool rate_allows(__u64 cgid)
 		return false;
 	__sync_fetch_and_sub(&b->tokens, TOKEN);
 	return true;
+}
+
+struct budget {
+	__u64 cgroup_id;
+	__u32 clauses;
+	__u32 granted;
+};
+
+static long try_clause(__u32 k, struct budget *b)
+{
+	if (k >= SEC_CLAUSES || !(b->clauses >> k))
+		return 1;
+	if ((b->clauses >> k) & 1 && take_token(b->cgroup_id, k, cfg.rate_per_sec, cfg.burst)) {
+		b->granted = 1;
+		return 1;
+	}
+	return 0;
+}
+
+/* A candidate takes a token from the first of its clauses that has one; a
+ * path the kernel could not judge (clauses 0) from the pod's guard.
+ * Returns the drop reason + 1, or 0. */
+static __always_inline __u32 budget_refusal(__u64 cgid, __u32 clauses)
+{
+	if (!clauses)
+		return take_token(cgid, GUARD_SLOT, cfg.guard_per_sec, cfg.guard_burst) ? 0 : SEC_DROP_GUARD_LIMITED + 1;
+	struct budget b = { .cgroup_id = cgid, .clauses = clauses };
+
+	bpf_loop(SEC_CLAUSES, try_clause, &b, 0);
+	return b.granted ? 0 : SEC_DROP_RATE_LIMITED + 1;
 }
 
 static __always_inline struct security_event *begin(__u32 kind, __u32 syscall)
@@ -171,8 +213,11 @@ static __always_inline struct security_event *begin(__u32 kind, __u32 syscall)
 	__builtin_memset(ev->dst_addr, 0, sizeof(ev->dst_addr));
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	BPF_CORE_READ_STR_INTO(&ev->parent_comm, task, real_parent, comm);
+	ev->clauses = 0;
+	ev->pad = 0;
 	ev->path[0] = 0;
 	ev->cwd[0] = 0;
+	ev->exe[0] = 0;
 	ev->args[0] = 0;
 	return ev;
 }
@@ -232,25 +277,20 @@ static long cwd_step(__u32 i, struct cwd_walk *w)
 	return 0;
 }
 
-/* The calling task's working directory as the task sees it (up to its own
- * root, so a container's path), from task->fs->pwd: short-lived processes
- * keep it, and reading it needs no access to /proc/<pid>/cwd.  The dentry
- * walk Falco and Tracee do, crossing mounts, in bpf_loop so the verifier
- * checks one step, not every depth.  Names are written from the end of a
+/* A path as the calling task sees it (up to its own root, so a container's
+ * path), walked from a dentry and mount in the kernel: short-lived processes
+ * keep it, and reading it needs no access to /proc/<pid>.  The dentry walk
+ * Falco and Tracee do, crossing mounts, in bpf_loop so the verifier checks
+ * one step, not every depth.  Names are written from the end of a
  * 2 x 256-byte buffer back, offsets masked so every access is in bounds.  A
- * path longer than 255 bytes or deeper than CWD_DEPTH leaves cwd empty
- * rather than cut. */
-static __always_inline void read_cwd(struct security_event *ev)
+ * path longer than 255 bytes or deeper than CWD_DEPTH leaves ``out`` empty
+ * rather than cut (user space then reads /proc). */
+static __always_inline void read_path(char *out, struct fs_struct *fs, struct dentry *d, struct vfsmount *vm)
 {
 	__u32 zero = 0;
 	char *buf = bpf_map_lookup_elem(&cwd_scratch, &zero);
 
-	if (!buf)
-		return;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fs_struct *fs = BPF_CORE_READ(task, fs);
-
-	if (!fs)
+	if (!buf || !d || !vm)
 		return;
 	/* container_of(), with the offset relocated for the running kernel. */
 	__u32 mnt_off = bpf_core_field_offset(struct mount, mnt);
@@ -258,8 +298,8 @@ static __always_inline void read_cwd(struct security_event *ev)
 		.buf = buf,
 		.root = BPF_CORE_READ(fs, root.dentry),
 		.root_mnt = BPF_CORE_READ(fs, root.mnt),
-		.d = BPF_CORE_READ(fs, pwd.dentry),
-		.vm = BPF_CORE_READ(fs, pwd.mnt),
+		.d = d,
+		.vm = vm,
 		.mnt_off = mnt_off,
 		.pos = PATH_MASK,
 	};
@@ -270,19 +310,48 @@ static __always_inline void read_cwd(struct security_event *ev)
 	if (w.done != 1)
 		return;
 	if (w.pos == PATH_MASK) {	/* the root itself */
-		ev->cwd[0] = '/';
-		ev->cwd[1] = 0;
+		out[0] = '/';
+		out[1] = 0;
 		return;
 	}
-	bpf_probe_read_kernel(ev->cwd, (SEC_PATH_LEN - w.pos) & PATH_MASK, buf + (w.pos & PATH_MASK));
-	ev->cwd[PATH_MASK] = 0;
+	bpf_probe_read_kernel(out, (SEC_PATH_LEN - w.pos) & PATH_MASK, buf + (w.pos & PATH_MASK));
+	out[PATH_MASK] = 0;
+}
+
+static __always_inline struct fs_struct *current_fs(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	return BPF_CORE_READ(task, fs);
+}
+
+/* The working directory, for exec and relative-path events. */
+static __always_inline void read_cwd(struct security_event *ev)
+{
+	struct fs_struct *fs = current_fs();
+
+	if (fs)
+		read_path(ev->cwd, fs, BPF_CORE_READ(fs, pwd.dentry), BPF_CORE_READ(fs, pwd.mnt));
+}
+
+/* The executable, for the events that are sent (not exec: its path is it). */
+static __always_inline void read_exe(struct security_event *ev)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
+	struct fs_struct *fs = current_fs();
+
+	if (exe && fs)
+		read_path(ev->exe, fs, BPF_CORE_READ(exe, f_path.dentry), BPF_CORE_READ(exe, f_path.mnt));
 }
 
 /* Send now (exec: no exit to wait for). */
 static __always_inline void emit(struct security_event *ev)
 {
-	if (!rate_allows(ev->cgroup_id)) {
-		count_drop(SEC_DROP_RATE_LIMITED, ev->kind);
+	__u32 refused = budget_refusal(ev->cgroup_id, ev->clauses);
+
+	if (refused) {
+		count_drop(refused - 1, ev->kind);
 		return;
 	}
 	if (bpf_ringbuf_output(&security_events, ev, sizeof(*ev), 0))
@@ -292,6 +361,7 @@ static __always_inline void emit(struct security_event *ev)
 /* Hold until the syscall's exit tracepoint adds the return code. */
 static __always_inline void hold(struct security_event *ev)
 {
+	read_exe(ev);
 	if (bpf_map_update_elem(&pending, &ev->tid, ev, BPF_ANY))
 		count_drop(SEC_DROP_PENDING_FULL, ev->kind);
 }
@@ -350,36 +420,144 @@ static __always_inline bool unnormalized(const char *p, long n)
 	return false;
 }
 
-/* Prefixes are cut to SEC_PREFIX_LEN - 1 bytes by the loader (fit_prefixes),
- * which only widens the test. */
-static __always_inline bool has_prefix(const char *p)
-{
-#pragma unroll
-	for (int k = 0; k < SEC_PREFIXES; k++) {
-		if (k >= cfg.n_prefixes)
-			break;
-		__u32 len = cfg.prefix_len[k];
-		bool same = true;
+/* ---- the filter: clauses from the rules (podsight.security.kernel_filter) ---- */
 
-#pragma unroll
-		for (int i = 0; i < SEC_PREFIX_LEN; i++) {
-			if (i >= len)
-				break;
-			if (p[i] != cfg.prefixes[k][i]) {
-				same = false;
-				break;
-			}
-		}
-		if (same)
-			return true;
+struct path_match {
+	const char *p;
+	__u32 clauses;		/* of the entries the path matched */
+};
+
+/* One path entry: equal to it, or starting with it. */
+static long match_path(__u32 i, struct path_match *m)
+{
+	__u64 idx = i;
+
+	barrier_var(idx);	/* a 64-bit copy, checked and used as is (see test_clause) */
+	if (idx >= cfg.n_paths || idx >= SEC_MATCH_PATHS)
+		return 1;
+	const volatile struct sec_match_path *e = &cfg.paths[idx];
+	const char *p = m->p;
+	__u32 len = e->len;
+
+	for (__u32 j = 0; j < SEC_MATCH_PATH_LEN; j++) {
+		if (j >= len)
+			break;
+		if (p[j] != e->s[j])
+			return 0;
 	}
-	return false;
+	if (!e->exact || (len < SEC_MATCH_PATH_LEN && p[len & (SEC_MATCH_PATH_LEN - 1)] == 0))
+		m->clauses |= e->clauses;
+	return 0;
 }
 
-/* Scan first: with the prefix loops first, clang 14 fails to unroll them. */
-static __always_inline bool prefix_match(const char *p, long n)
+struct comm_match {
+	__u64 comm[2];		/* bpf_get_current_comm(): NUL-padded */
+	__u32 include;
+	__u32 exclude;
+};
+
+/* One comm entry: two word compares. */
+static long match_comm(__u32 i, struct comm_match *m)
 {
-	return !cfg.n_prefixes || unnormalized(p, n) || has_prefix(p);
+	__u64 idx = i;
+
+	barrier_var(idx);	/* a 64-bit copy, checked and used as is (see test_clause) */
+	if (idx >= cfg.n_comms || idx >= SEC_MATCH_COMMS)
+		return 1;
+	const volatile struct sec_match_comm *e = &cfg.comms[idx];
+	const volatile __u64 *w = (const volatile __u64 *)e->s;	/* 8-aligned: include, exclude before it */
+
+	if (w[0] != m->comm[0] || w[1] != m->comm[1])
+		return 0;
+	m->include = e->include;
+	m->exclude = e->exclude;
+	return 1;
+}
+
+#define O_PATH 010000000
+
+struct clause_test {
+	__u32 mine;		/* clauses of the event's kind, less those whose rule excepts the comm */
+	__u32 path_clauses;	/* of the path entries the path matched */
+	__u32 comm_clauses;	/* of the comm entry the comm matched */
+	__u32 mode;
+	bool read, write;
+	__u32 ok;		/* out: the clauses passed */
+};
+
+/* One clause: does the event pass every test it needs? */
+static long test_clause(__u32 k, struct clause_test *t)
+{
+	if (k >= SEC_CLAUSES || !(t->mine >> k))
+		return 1;
+	if (!((t->mine >> k) & 1))
+		return 0;
+	/* clang proves k < 32 and indexes with a zero-extended copy the
+	 * verifier has no bound for; a 64-bit copy clang cannot see through,
+	 * masked, keeps one. */
+	__u64 i = k;
+
+	barrier_var(i);
+	i &= SEC_CLAUSES - 1;
+	const volatile struct sec_clause *c = &cfg.clauses[i];
+	__u32 bit = 1u << i;
+	__u32 need = c->need, mode_any = c->mode_any;
+
+	if ((need & CLAUSE_PATH) && !(t->path_clauses & bit))
+		return 0;
+	if ((need & CLAUSE_COMM) && !(t->comm_clauses & bit))
+		return 0;
+	if ((need & CLAUSE_READ) && !t->read)
+		return 0;
+	if ((need & CLAUSE_WRITE) && !t->write)
+		return 0;
+	if (mode_any && !(t->mode & mode_any))
+		return 0;
+	t->ok |= bit;
+	return 0;
+}
+
+/* The clauses of ``kind`` the event passes, its path having matched the
+ * entries in ``path_clauses``. */
+static __always_inline __u32 passes(__u32 kind, __u32 path_clauses, __u64 flags, __u32 mode,
+				    const struct comm_match *cm)
+{
+	struct clause_test t = {
+		.mine = cfg.kind_clauses[kind & 7] & ~cm->exclude,
+		.path_clauses = path_clauses,
+		.comm_clauses = cm->include,
+		.mode = mode,
+		.read = (flags & 3) != O_WRONLY && !(flags & O_PATH),
+		.write = flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC),
+	};
+
+	if (t.mine)
+		bpf_loop(SEC_CLAUSES, test_clause, &t, 0);
+	return t.ok;
+}
+
+/* Sets ev->clauses, the clauses the event is a candidate for; false: it can
+ * match no rule, drop it.  A path the kernel cannot judge is sent with no
+ * clause (it spends the guard) unless a clause passes whatever the path is,
+ * and dropped only when no path at all would make it pass. */
+static __always_inline bool judge(struct security_event *ev, bool has_path, long n, __u64 flags, __u32 mode)
+{
+	struct comm_match cm = {};
+
+	bpf_get_current_comm(cm.comm, sizeof(cm.comm));
+	bpf_loop(SEC_MATCH_COMMS, match_comm, &cm, 0);
+	if (has_path && unnormalized(ev->path, n)) {
+		if (!passes(ev->kind, ~0u, flags, mode, &cm))
+			return false;
+		ev->clauses = passes(ev->kind, 0, flags, mode, &cm);
+		return true;
+	}
+	struct path_match pm = { .p = ev->path };
+
+	if (has_path)
+		bpf_loop(SEC_MATCH_PATHS, match_path, &pm, 0);
+	ev->clauses = passes(ev->kind, pm.clauses, flags, mode, &cm);
+	return ev->clauses != 0;
 }
 
 /* ---- exec ---- */
@@ -395,7 +573,10 @@ int sec_exec(struct trace_event_raw_sched_process_exec *ctx)
 		return 0;
 	unsigned int off = ctx->__data_loc_filename & 0xFFFF;
 
-	bpf_probe_read_kernel_str(ev->path, sizeof(ev->path), (void *)ctx + off);
+	long n = bpf_probe_read_kernel_str(ev->path, sizeof(ev->path), (void *)ctx + off);
+
+	if (!judge(ev, true, n, 0, 0))
+		return 0;
 	read_cwd(ev);
 
 	/* argv from the new image's memory: NUL-separated, bounded. */
@@ -421,17 +602,13 @@ static __always_inline int open_enter(__u32 syscall, const char *path, __u64 fla
 {
 	if (!in_pod())
 		return 0;
-	bool write = flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC);
-
-	if (!cfg.open_all && cfg.open_write_only && !write)
-		return 0;
 	struct security_event *ev = begin(SEC_OPEN, syscall);
 
 	if (!ev)
 		return 0;
 	long n = bpf_probe_read_user_str(ev->path, sizeof(ev->path), path);
 
-	if (!cfg.open_all && !prefix_match(ev->path, n))
+	if (!judge(ev, true, n, flags, mode))
 		return 0;
 	if (ev->path[0] != '/')
 		read_cwd(ev);
@@ -488,17 +665,16 @@ static __always_inline int chmod_enter(__u32 syscall, const char *path, __u32 mo
 {
 	if (!in_pod())
 		return 0;
-	if (cfg.chmod_mode_any && !(mode & cfg.chmod_mode_any))
-		return 0;
 	struct security_event *ev = begin(SEC_CHMOD, syscall);
 
 	if (!ev)
 		return 0;
-	if (path) {
-		bpf_probe_read_user_str(ev->path, sizeof(ev->path), path);
-		if (ev->path[0] != '/')
-			read_cwd(ev);
-	}
+	long n = path ? bpf_probe_read_user_str(ev->path, sizeof(ev->path), path) : 0;
+
+	if (!judge(ev, path != NULL, n, 0, mode))	/* fchmod: no path, none matches */
+		return 0;
+	if (path && ev->path[0] != '/')
+		read_cwd(ev);
 	ev->mode = mode;
 	hold(ev);
 	return 0;
@@ -553,6 +729,17 @@ int sec_ptrace(struct trace_event_raw_sys_enter *ctx)
 		return 0;
 	ev->ptrace_request = ctx->args[0];
 	ev->target_pid = ctx->args[1];
+	if (cfg.n_requests) {
+		bool wanted = false;
+
+		for (__u32 i = 0; i < SEC_REQUESTS; i++)
+			if (i < cfg.n_requests && cfg.requests[i] == ev->ptrace_request)
+				wanted = true;
+		if (!wanted)
+			return 0;
+	}
+	if (!judge(ev, false, 0, 0, 0))
+		return 0;
 	hold(ev);
 	return 0;
 }
@@ -571,11 +758,20 @@ int sec_connect(struct trace_event_raw_sys_enter *ctx)
 	__u16 family = 0;
 
 	bpf_probe_read_user(&family, sizeof(family), uaddr);
-	if (family != AF_INET && family != AF_INET6)
-		return 0;
+	if (cfg.n_families) {
+		bool wanted = false;
+
+		for (__u32 i = 0; i < SEC_FAMILIES; i++)
+			if (i < cfg.n_families && cfg.families[i] == family)
+				wanted = true;
+		if (!wanted)
+			return 0;
+	}
 	struct security_event *ev = begin(SEC_CONNECT, SYSC_CONNECT);
 
 	if (!ev)
+		return 0;
+	if (!judge(ev, false, 0, 0, 0))
 		return 0;
 	ev->family = family;
 	if (family == AF_INET) {

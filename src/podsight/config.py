@@ -110,6 +110,12 @@ class RateLimit:
 
 
 @dataclass
+class Guard:
+    events_per_second: int = 1000
+    burst: int = 2000
+
+
+@dataclass
 class Egress:
     allowed_cidrs: list[str] = field(default_factory=list)
     # Where pods reach the Kubernetes API; empty: $KUBERNETES_SERVICE_HOST.
@@ -141,7 +147,10 @@ class Security:
     # The host's /proc (for exe and cwd of a process); /host/proc in a pod without hostPID.
     proc_root: str = "/proc"
     ringbuf_size_kb: int = 256
+    # Per pod and rule clause: events that may match a rule (the kernel filter's candidates).
     rate_limit: RateLimit = field(default_factory=RateLimit)
+    # Per pod: events whose path the kernel cannot judge (relative, ../), sent for user space to judge.
+    guard: Guard = field(default_factory=Guard)
     egress: Egress = field(default_factory=Egress)
     output: SecurityOutput = field(default_factory=SecurityOutput)
 
@@ -293,6 +302,10 @@ def _check(cfg: Config, where: dict[str, str]) -> None:
         fail("security.rate_limit.events_per_second", "expected a positive integer")
     if cfg.security.rate_limit.burst < 1:
         fail("security.rate_limit.burst", "expected a positive integer")
+    if cfg.security.guard.events_per_second < 1:
+        fail("security.guard.events_per_second", "expected a positive integer")
+    if cfg.security.guard.burst < 1:
+        fail("security.guard.burst", "expected a positive integer")
     if not 1024 <= cfg.probes.tcp.max_tracked_connections <= 4_194_304:
         fail("probes.tcp.max_tracked_connections",
              f"expected an integer from 1024 to 4194304, got {cfg.probes.tcp.max_tracked_connections}")

@@ -73,6 +73,8 @@ class Harness:
         # Nothing may be rate limited or lost: an absent event must mean "filtered".
         cfg.security.rate_limit.events_per_second = 10**6
         cfg.security.rate_limit.burst = 10**6
+        cfg.security.guard.events_per_second = 10**6
+        cfg.security.guard.burst = 10**6
         cfg.security.ringbuf_size_kb = 8192
         self.probe = SecurityProbe(FILTER)
         self.reader: EventReader | None = None
@@ -88,10 +90,8 @@ class Harness:
         # What the agent derives from the cgroup tree: the kubelet's top directory and its depth.
         top = self.pod.cgroup_dirs[0]
         self.probe.set_pod_roots([(os.stat(top).st_ino, len(top.relative_to(node.cgroup_root).parts))])
-        # The model, with the prefixes the kernel really holds (fit_prefixes may have widened them).
-        sc = security_config(FILTER, cfg)
-        held = [sc.prefixes[i].value.decode() for i in range(sc.n_prefixes)]
-        self.model = {**FILTER, "open": {**FILTER["open"], "path_prefixes": held}}
+        # The model runs on the tables the kernel really holds.
+        self.tables = security_config(FILTER, cfg)
 
         self.events: list[RawEvent] = []
         self.reader = EventReader(self.probe.obj.maps["security_events"].fd, self.events.append)
@@ -153,7 +153,7 @@ class Harness:
 
     def model_passes(self, path: str) -> bool:
         ev = RawEvent("open", comm=self.comm, path=path, cwd=self.cwd, flags=FLAGS)
-        return kernel_passes(self.model, ev, pod_identity())
+        return kernel_passes(FILTER, self.tables, ev, pod_identity())
 
     def check(self, calls: list[tuple[str, str]]) -> set[str]:
         passed = self.run(calls)

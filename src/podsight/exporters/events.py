@@ -157,7 +157,7 @@ class EventSink:
             if not ev.exe.startswith("/") and ev.cwd:
                 ev.exe = normalize_path(ev.exe, ev.cwd)  # ./run.sh, run from its directory
             self.proc.remember_exec(ev.pid, ev.exe, ev.comm)
-        else:
+        elif not ev.exe:  # the kernel could not walk it: too deep or too long
             ev.exe = self.proc.exe(ev.pid, ev.comm)
         identity, part = self._identity(ev.cgroup_id)
         view = EventView(ev, identity)

@@ -26,8 +26,19 @@ __all__ = [
     "SEC_KINDS",
     "SEC_SYSCALLS",
     "SEC_DROPS",
-    "SEC_PREFIXES",
-    "SEC_PREFIX_LEN",
+    "SecClause",
+    "SecMatchPath",
+    "SecMatchComm",
+    "SEC_CLAUSES",
+    "SEC_MATCH_PATHS",
+    "SEC_MATCH_PATH_LEN",
+    "SEC_MATCH_COMMS",
+    "SEC_REQUESTS",
+    "SEC_FAMILIES",
+    "CLAUSE_PATH",
+    "CLAUSE_COMM",
+    "CLAUSE_READ",
+    "CLAUSE_WRITE",
     "SEC_ARGS_LEN",
     "MIRRORED",
 ]
@@ -81,13 +92,18 @@ class TcpConfig(ctypes.Structure):
 SEC_COMM_LEN = 16
 SEC_PATH_LEN = 256
 SEC_ARGS_LEN = 512
-SEC_PREFIXES = 16
-SEC_PREFIX_LEN = 32
+SEC_CLAUSES = 32
+SEC_MATCH_PATHS = 48
+SEC_MATCH_PATH_LEN = 64
+SEC_MATCH_COMMS = 96
+SEC_REQUESTS = 16
+SEC_FAMILIES = 4
+CLAUSE_PATH, CLAUSE_COMM, CLAUSE_READ, CLAUSE_WRITE = 1, 2, 4, 8
 # enum sec_kind / sec_syscall / sec_drop, by value.
 SEC_KINDS = ("exec", "open", "chmod", "ptrace", "connect")
 SEC_SYSCALLS = ("execve", "openat", "openat2", "chmod", "fchmodat", "fchmodat2", "fchmod", "ptrace", "connect",
                 "open", "creat")
-SEC_DROPS = ("rate_limited", "ringbuf_full", "pending_full")
+SEC_DROPS = ("rate_limited", "ringbuf_full", "pending_full", "guard_limited")
 
 
 class SecurityEvent(ctypes.Structure):
@@ -109,27 +125,49 @@ class SecurityEvent(ctypes.Structure):
         ("family", c_uint16),
         ("dst_port", c_uint16),
         ("args_len", c_uint32),
+        ("clauses", c_uint32),
+        ("pad", c_uint32),
         ("dst_addr", c_uint8 * 16),
         ("comm", c_char * SEC_COMM_LEN),
         ("parent_comm", c_char * SEC_COMM_LEN),
         ("path", c_char * SEC_PATH_LEN),
         ("cwd", c_char * SEC_PATH_LEN),
+        ("exe", c_char * SEC_PATH_LEN),
         ("args", c_char * SEC_ARGS_LEN),
     ]
+
+
+class SecClause(ctypes.Structure):
+    _fields_ = [("kind", c_uint32), ("need", c_uint32), ("mode_any", c_uint32), ("pad", c_uint32)]
+
+
+class SecMatchPath(ctypes.Structure):
+    _fields_ = [("clauses", c_uint32), ("len", c_uint16), ("exact", c_uint8), ("pad", c_uint8),
+                ("s", c_char * SEC_MATCH_PATH_LEN)]
+
+
+class SecMatchComm(ctypes.Structure):
+    _fields_ = [("include", c_uint32), ("exclude", c_uint32), ("s", c_char * SEC_COMM_LEN)]
 
 
 class SecurityConfig(ctypes.Structure):
     _fields_ = [
         ("rate_per_sec", c_uint64),
         ("burst", c_uint64),
+        ("guard_per_sec", c_uint64),
+        ("guard_burst", c_uint64),
         ("include_host", c_uint32),
-        ("open_all", c_uint32),
-        ("open_write_only", c_uint32),
-        ("n_prefixes", c_uint32),
-        ("chmod_mode_any", c_uint32),
-        ("pad", c_uint32),
-        ("prefix_len", c_uint32 * SEC_PREFIXES),
-        ("prefixes", (c_char * SEC_PREFIX_LEN) * SEC_PREFIXES),
+        ("n_clauses", c_uint32),
+        ("n_paths", c_uint32),
+        ("n_comms", c_uint32),
+        ("kind_clauses", c_uint32 * 8),
+        ("n_requests", c_uint32),
+        ("n_families", c_uint32),
+        ("requests", c_int64 * SEC_REQUESTS),
+        ("families", c_uint32 * SEC_FAMILIES),
+        ("clauses", SecClause * SEC_CLAUSES),
+        ("paths", SecMatchPath * SEC_MATCH_PATHS),
+        ("comms", SecMatchComm * SEC_MATCH_COMMS),
     ]
 
 
@@ -147,5 +185,8 @@ MIRRORED = {
     "tcp_config": TcpConfig,
     "security_event": SecurityEvent,
     "security_config": SecurityConfig,
+    "sec_clause": SecClause,
+    "sec_match_path": SecMatchPath,
+    "sec_match_comm": SecMatchComm,
     "pod_root": PodRoot,
 }

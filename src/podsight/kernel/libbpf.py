@@ -102,6 +102,10 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
 }
 
 
+_LOG_BUF = 1 << 20  # bytes of one libbpf message kept
+_LOG_LINES = 40  # lines of it logged: the first and the last ones
+
+
 class _Lib:
     def __init__(self) -> None:
         self._dll: ctypes.CDLL | None = None
@@ -127,9 +131,16 @@ class _Lib:
             py_level = levels.get(level, logging.DEBUG)
             if not log.isEnabledFor(py_level):
                 return 0
-            buf = ctypes.create_string_buffer(2048)
+            # A verifier log comes as one message, and its verdict is at the end.
+            buf = ctypes.create_string_buffer(_LOG_BUF)
             libc.vsnprintf(buf, len(buf), fmt, args)
-            log.log(py_level, "%s", buf.value.decode(errors="replace").rstrip())
+            text = buf.value.decode(errors="replace").rstrip()
+            lines = text.splitlines()
+            if len(lines) > _LOG_LINES:
+                skipped = len(lines) - _LOG_LINES
+                text = "\n".join([lines[0], f"... ({skipped} lines of the verifier's walk left out)",
+                                   *lines[-(_LOG_LINES - 1):]])
+            log.log(py_level, "%s", text)
             return 0
 
         self._printer = PRINT_FN(printer)  # keep a reference: libbpf holds the pointer

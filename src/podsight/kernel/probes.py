@@ -8,16 +8,18 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..config import Config
 from . import mounts
 from .drop_reasons import drop_reasons
-from .layouts import DROP_REASON_WORDS, SEC_PREFIX_LEN, SEC_PREFIXES, PodRoot, SecurityConfig, TcpConfig
+from .layouts import (CLAUSE_COMM, CLAUSE_PATH, CLAUSE_READ, CLAUSE_WRITE, DROP_REASON_WORDS, SEC_CLAUSES, SEC_FAMILIES,
+                      SEC_KINDS, SEC_MATCH_COMMS, SEC_MATCH_PATH_LEN, SEC_MATCH_PATHS, SEC_REQUESTS, PodRoot,
+                      SecClause, SecMatchComm, SecMatchPath, SecurityConfig, TcpConfig)
 from .loader import BpfObject
 
-__all__ = ["Probe", "NetworkProbe", "TcpProbe", "SecurityProbe", "ProgramStats", "program_stats", "security_config",
-           "tcp_config"]
+__all__ = ["Probe", "NetworkProbe", "TcpProbe", "SecurityProbe", "ProgramStats", "fit_clauses", "program_stats",
+           "security_config", "tcp_config"]
 
 log = logging.getLogger("podsight.probes")
 
@@ -284,38 +286,68 @@ def security_config(kf: dict, cfg: Config) -> SecurityConfig:
     sc = SecurityConfig()
     sc.rate_per_sec = cfg.security.rate_limit.events_per_second
     sc.burst = cfg.security.rate_limit.burst
+    sc.guard_per_sec = cfg.security.guard.events_per_second
+    sc.guard_burst = cfg.security.guard.burst
     sc.include_host = int(cfg.security.include_host or not kf.get("pods_only", True))
-    opens = kf.get("open", {})
-    prefixes = opens.get("path_prefixes")
-    if prefixes:
-        fitted = fit_prefixes(prefixes, SEC_PREFIXES, SEC_PREFIX_LEN - 1)
-        sc.n_prefixes = len(fitted)
-        for i, raw in enumerate(fitted):
-            sc.prefix_len[i] = len(raw)
-            sc.prefixes[i].value = raw
-    sc.open_write_only = int(bool(opens.get("write_only")))
-    sc.open_all = int(not sc.n_prefixes and not sc.open_write_only)
-    mode = kf.get("chmod", {}).get("mode_bits_any")
-    sc.chmod_mode_any = mode or 0
+    clauses = fit_clauses(kf.get("clauses", []), SEC_CLAUSES)
+    paths: dict[tuple[bytes, bool], int] = {}
+    comms: dict[bytes, list[int]] = {}  # comm → [include, exclude]
+    for k, c in enumerate(clauses):
+        bit = 1 << k
+        sc.kind_clauses[SEC_KINDS.index(c.kind)] |= bit
+        need = (CLAUSE_READ if c.read else 0) | (CLAUSE_WRITE if c.write else 0)
+        entries = [_path_entry(p, exact) for p, exact in c.paths or ()]
+        if c.paths is not None and len(set(paths) | set(entries)) <= SEC_MATCH_PATHS:
+            need |= CLAUSE_PATH
+            for e in entries:
+                paths[e] = paths.get(e, 0) | bit
+        names = [n.encode() for n in c.comms or ()]
+        if c.comms is not None and len(set(comms) | set(names)) <= SEC_MATCH_COMMS:
+            need |= CLAUSE_COMM
+            for n in names:
+                comms.setdefault(n, [0, 0])[0] |= bit
+        for n in (n.encode() for n in c.comm_out):  # an exclusion that does not fit only widens
+            if n in comms or len(comms) < SEC_MATCH_COMMS:
+                comms.setdefault(n, [0, 0])[1] |= bit
+        sc.clauses[k] = SecClause(SEC_KINDS.index(c.kind), need, c.mode_any)
+    sc.n_clauses = len(clauses)
+    for i, ((raw, exact), mask) in enumerate(paths.items()):
+        sc.paths[i] = SecMatchPath(mask, len(raw), int(exact), 0, raw)
+    sc.n_paths = len(paths)
+    for i, (raw, (include, exclude)) in enumerate(comms.items()):
+        sc.comms[i] = SecMatchComm(include, exclude, raw)
+    sc.n_comms = len(comms)
+    requests = (kf.get("ptrace") or {}).get("requests")
+    if requests and len(requests) <= SEC_REQUESTS:
+        sc.n_requests = len(requests)
+        for i, r in enumerate(requests):
+            sc.requests[i] = r
+    families = (kf.get("connect") or {}).get("families")
+    if families and len(families) <= SEC_FAMILIES:
+        sc.n_families = len(families)
+        for i, f in enumerate(families):
+            sc.families[i] = f
     return sc
 
 
-def fit_prefixes(prefixes: list[str], slots: int, width: int) -> list[bytes]:
-    """Path prefixes that fit the kernel's table and pass at least what ``prefixes`` pass.
+def _path_entry(path: str, exact: bool) -> tuple[bytes, bool]:
+    """A path as the kernel compares it: one longer than the table holds is
+    cut and compared as a prefix, which only widens the test."""
+    raw = path.encode()
+    if len(raw) >= SEC_MATCH_PATH_LEN:
+        return raw[: SEC_MATCH_PATH_LEN - 1], False
+    return raw, exact
 
-    Truncating a prefix, or replacing two by their common directory, only
-    widens the filter, so no rule can lose a match.  Pairs sharing the longest
-    directory are merged first, to widen as little as possible.
-    """
-    out = sorted({p.encode()[:width] for p in prefixes})
-    while len(out) > slots:
-        best, at = b"", 0
-        for i in range(len(out) - 1):
-            common = os.path.commonprefix([out[i], out[i + 1]])
-            common = common[: common.rfind(b"/") + 1]
-            if len(common) >= len(best):
-                best, at = common, i
-        out[at : at + 2] = [best or b"/"]
-        out = sorted(set(out))
-    # A prefix covered by a shorter one is redundant.
-    return [p for p in out if not any(q != p and p.startswith(q) for q in out)]
+
+def fit_clauses(clauses: list, slots: int) -> list:
+    """At most ``slots`` clauses (podsight.security.kernel_filter.Clause)
+    passing at least what ``clauses`` pass: those that do not fit become one
+    unconstrained clause per kind."""
+    if len(clauses) <= slots:
+        return list(clauses)
+    rest = {c.kind: c for c in reversed(clauses[slots - len(SEC_KINDS):])}
+    log.warning("security rules need %d kernel filter clauses, %d fit: %s events are filtered less in the kernel",
+                len(clauses), slots, ", ".join(rest))
+    return list(clauses[: slots - len(SEC_KINDS)]) + [
+        replace(c, rule="(widened)", paths=None, comms=None, comm_out=frozenset(), read=False, write=False, mode_any=0)
+        for c in rest.values()]

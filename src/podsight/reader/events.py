@@ -27,8 +27,9 @@ _AF_INET, _AF_INET6 = 2, 10
 _INT_CODES = {1: "b", 2: "h", 4: "i", 8: "q"}
 # The fields ``decode`` unpacks, in layout order (all but ``args``).
 _HEAD_FIELDS = ("ts_ns", "cgroup_id", "ret", "ptrace_request", "kind", "syscall", "pid", "tid", "ppid", "uid",
-                "gid", "flags", "mode", "target_pid", "family", "dst_port", "args_len", "dst_addr", "comm",
-                "parent_comm", "path", "cwd")
+                "gid", "flags", "mode", "target_pid", "family", "dst_port", "args_len", "clauses", "pad", "dst_addr",
+                "comm",
+                "parent_comm", "path", "cwd", "exe")
 
 
 def _head_struct() -> struct.Struct:
@@ -74,7 +75,7 @@ def _text(b: bytes) -> str:
 
 def decode(raw: bytes, offset_ns: int) -> RawEvent:
     (ts_ns, cgroup_id, ret, ptrace_request, kind_no, syscall_no, pid, tid, ppid, uid, gid, flags, mode, target_pid,
-     family, dst_port, args_len, dst_addr, comm, parent_comm, path, cwd) = _HEAD.unpack_from(raw)
+     family, dst_port, args_len, _clauses, _pad, dst_addr, comm, parent_comm, path, cwd, exe) = _HEAD.unpack_from(raw)
     kind = SEC_KINDS[kind_no] if kind_no < len(SEC_KINDS) else "unknown"
     ev = RawEvent(
         kind=kind,
@@ -90,6 +91,7 @@ def decode(raw: bytes, offset_ns: int) -> RawEvent:
         syscall=SEC_SYSCALLS[syscall_no] if syscall_no < len(SEC_SYSCALLS) else "",
         path=_text(path),
         cwd=_text(cwd),
+        exe=_text(exe),
         flags=flags,
         mode=mode,
         ptrace_request=ptrace_request,

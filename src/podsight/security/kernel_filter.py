@@ -1,86 +1,191 @@
 """What the kernel may drop before the ring buffer, derived from the rules.
 Pure; no I/O.
 
-For every field the kernel can test cheaply we compute, per rule, a
-*necessary* condition (a superset of what the rule can match) and take the
-union over the rules of a kind.  An event failing the union for any one field
-cannot match any rule, so dropping it in the kernel changes no output.
-Exceptions only remove matches and are ignored here; identity fields other
-than ``in_pod`` are not known in the kernel and are ignored too.
+Each active rule's condition is put in disjunctive normal form over the
+tests the kernel can decide cheaply, and each conjunction becomes a
+*clause*: the kernel passes an event as a candidate match when it satisfies
+some clause of its kind.  A test the kernel cannot decide (a suffix, a CIDR,
+an identity field, a negation) is left out of its clause, which only widens
+it; an exception is used only when it is a plain list of process names
+(``comm_out``): an event from one of them cannot match that rule.  So an
+event that satisfies no clause cannot match any rule, and dropping it in the
+kernel changes no output.
 
-Result (``None`` means "no restriction: send everything"):
+The kernel decides these, per clause:
 
-    {"kinds": ["exec", "open", ...],        # attach only these
-     "pods_only": True,                     # every active rule has in_pod: true
-     "exec":    {"comms": [...] | None, "path_prefixes": [...] | None},
-     "open":    {"write_only": bool, "comms": ..., "path_prefixes": ...},
-     "chmod":   {"mode_bits_any": int | None, "comms": ..., "path_prefixes": ...},
-     "ptrace":  {"requests": [int, ...] | None, "comms": ...},
-     "connect": {"families": [int, ...] | None, "comms": ...}}
+- ``paths``: the normalized path equals (``exact``) or starts with one of
+  these (``path``, and ``process.exe`` of exec events, which is the path);
+  globs become the prefix before their first wildcard;
+- ``comms``: the task comm is one of these (``process.name`` eq/in);
+- ``comm_out``: the task comm is none of these (a rule's exceptions);
+- ``read``/``write``: open flags (``open.read``/``open.write: true``);
+- ``mode_any``: a chmod or creation mode with one of these bits.
 
-``path_prefixes`` are for absolute, normalized paths.  The kernel sees the raw
-argument, so it must also pass any path that is relative or contains ``//``,
-``/./`` or ``/../`` anywhere, or ends in ``/.`` or ``/..`` (user space
-normalizes those before matching), and any path that fills its 256-byte read
-(user space would see only a cut).  ``comms`` compare with the task comm (15
-characters).
+and, per kind, ``ptrace.request`` values and ``dst.family`` families.
+
+Paths the kernel cannot judge (relative, ``//``, ``/./``, ``/../``, a
+trailing ``/.`` or ``/..``, or cut at 255 bytes) are passed for user space
+to normalize and judge; they spend a separate per-pod guard budget
+(security.bpf.c), not a clause's.
 """
 from __future__ import annotations
 
 import socket
-from typing import Callable
+from dataclasses import dataclass, field, replace
 
-from .conditions import AllOf, AnyOf, Node, Test
-from .rules import RuleSet
+from .conditions import AllOf, AnyOf, Node, Not, Test
+from .rules import Rule, RuleSet
 
-__all__ = ["kernel_filter"]
+__all__ = ["Clause", "kernel_filter"]
 
 _WILDCARDS = "*?["
+MAX_DNF = 16  # conjunctions per rule; a larger rule becomes one widened clause
+COMM_LEN = 15  # the task comm, without its NUL
 
-Extract = Callable[[Test], "set | None"]
+
+@dataclass(frozen=True)
+class Clause:
+    kind: str
+    rule: str
+    paths: frozenset[tuple[str, bool]] | None = None  # (path, exact); None: any path
+    comms: frozenset[str] | None = None
+    comm_out: frozenset[str] = frozenset()
+    read: bool = False
+    write: bool = False
+    mode_any: int = 0  # 0: any mode
 
 
-def _necessary(node: Node, extract: Extract):
+@dataclass
+class _Conj:
+    """One conjunction of kernel-decidable tests (None: unconstrained)."""
+
+    paths: set[tuple[str, bool]] | None = None
+    comms: set[str] | None = None
+    read: bool = False
+    write: bool = False
+    mode_any: int = 0
+
+    def both(self, o: "_Conj") -> "_Conj":
+        """The conjunction of two: each constraint kept (a necessary condition either way)."""
+        paths = self.paths if o.paths is None else o.paths if self.paths is None else (
+            self.paths if len(self.paths) <= len(o.paths) else o.paths)  # prefix sets do not intersect element-wise
+        comms = self.comms if o.comms is None else o.comms if self.comms is None else self.comms & o.comms
+        mode = self.mode_any if not o.mode_any else o.mode_any if not self.mode_any else self.mode_any & o.mode_any
+        return _Conj(paths, comms, self.read or o.read, self.write or o.write, mode)
+
+
+def _atom(t: Test, kind: str) -> _Conj:
+    path_field = t.field == "path" or (t.field == "process.exe" and kind == "exec")
+    if path_field and t.op in ("eq", "in"):
+        return _Conj(paths={(v, True) for v in t.values})
+    if path_field and t.op == "prefix":
+        return _Conj(paths={(v, False) for v in t.values})
+    if path_field and t.op == "glob":
+        return _Conj(paths={(g[: min((g.find(c) for c in _WILDCARDS if c in g), default=len(g))],
+                             not any(c in g for c in _WILDCARDS)) for g in t.values})
+    if t.field == "process.name" and t.op in ("eq", "in"):
+        return _Conj(comms={v for v in t.values if len(v.encode()) <= COMM_LEN})  # longer: never a comm
+    if t.field == "open.read" and t.op == "eq" and t.values == (True,):
+        return _Conj(read=True)
+    if t.field == "open.write" and t.op == "eq" and t.values == (True,):
+        return _Conj(write=True)
+    if t.field == "mode" and t.op in ("any_bits", "all_bits"):
+        mask = 0
+        for v in t.values:
+            mask |= v
+        return _Conj(mode_any=mask)
+    return _Conj()
+
+
+def _dnf(node: Node | None, kind: str) -> list[_Conj]:
+    if node is None or isinstance(node, Not):
+        return [_Conj()]  # a negation constrains nothing we can use
+    if isinstance(node, Test):
+        return [_atom(node, kind)]
+    if isinstance(node, AnyOf):
+        out = [c for child in node.children for c in _dnf(child, kind)]
+        return out if len(out) <= MAX_DNF else [_widen(out)]
+    if isinstance(node, AllOf):
+        out = [_Conj()]
+        for child in node.children:
+            out = [a.both(b) for a in out for b in _dnf(child, kind)]
+            if len(out) > MAX_DNF:
+                out = [_widen(out)]
+        return out
+    return [_Conj()]
+
+
+def _widen(conjs: list[_Conj]) -> _Conj:
+    """One conjunction that every one of ``conjs`` implies."""
+    def union(sets):
+        return None if any(s is None for s in sets) else set().union(*sets)
+    modes = [c.mode_any for c in conjs]
+    return _Conj(union([c.paths for c in conjs]), union([c.comms for c in conjs]),
+                 all(c.read for c in conjs), all(c.write for c in conjs),
+                 0 if 0 in modes else _or(modes))
+
+
+def _or(values) -> int:
+    out = 0
+    for v in values:
+        out |= v
+    return out
+
+
+def _comm_out(rule: Rule) -> frozenset[str]:
+    """Names from exceptions that are nothing but a process-name list."""
+    out: set[str] = set()
+    for _, cond in rule.exceptions:
+        if isinstance(cond, Test) and cond.field == "process.name" and cond.op in ("eq", "in"):
+            out |= {v for v in cond.values if len(v.encode()) <= COMM_LEN}  # a cut name would exclude others
+    return frozenset(out)
+
+
+def _clauses(rule: Rule) -> list[Clause]:
+    out = []
+    for c in _dnf(rule.condition, rule.event):
+        if c.comms is not None and not c.comms:
+            continue  # no comm can satisfy it
+        out.append(Clause(rule.event, rule.name, None if c.paths is None else frozenset(c.paths),
+                          None if c.comms is None else frozenset(c.comms), _comm_out(rule),
+                          c.read, c.write, c.mode_any))
+    return list(dict.fromkeys(out))
+
+
+def _union(rules, extract):
+    out: set = set()
+    for rule in rules:
+        got = _kind_values(rule.condition, extract)
+        if got is None:
+            return None
+        out |= got
+    return out
+
+
+def _kind_values(node: Node | None, extract):
     """A set the field must fall in for ``node`` to hold, or None if unconstrained."""
     if isinstance(node, Test):
         return extract(node)
     if isinstance(node, AllOf):
         found = None
         for child in node.children:
-            c = _necessary(child, extract)
-            if c is not None:
-                found = c if found is None else _intersect(found, c)
+            got = _kind_values(child, extract)
+            if got is not None:
+                found = got if found is None else found & got
         return found
     if isinstance(node, AnyOf):
         union: set = set()
         for child in node.children:
-            c = _necessary(child, extract)
-            if c is None:
+            got = _kind_values(child, extract)
+            if got is None:
                 return None
-            union |= c
+            union |= got
         return union
-    return None  # Not: the negation of a test constrains nothing we can use
-
-
-def _intersect(a: set, b: set) -> set:
-    # Sets of prefixes do not intersect element-wise; keep the smaller one (still necessary).
-    return a if len(a) <= len(b) else b
-
-
-def _path_prefixes(t: Test):
-    if t.field != "path":
-        return None
-    if t.op in ("eq", "in", "prefix"):
-        return set(t.values)
-    if t.op == "glob":
-        return {g[: min((g.find(c) for c in _WILDCARDS if c in g), default=len(g))] for g in t.values}
     return None
 
 
-def _values(field: str, ops: tuple[str, ...]) -> Extract:
-    def extract(t: Test):
-        return set(t.values) if t.field == field and t.op in ops else None
-    return extract
+def _requests(t: Test):
+    return set(t.values) if t.field == "ptrace.request" and t.op in ("eq", "in") else None
 
 
 def _families(t: Test):
@@ -91,39 +196,9 @@ def _families(t: Test):
     return None
 
 
-def _is_true(field: str) -> Extract:
-    def extract(t: Test):
-        return {True} if t.field == field and t.op == "eq" and t.values == (True,) else None
-    return extract
-
-
-def _mode_mask(t: Test):
-    if t.field == "mode" and t.op in ("any_bits", "all_bits"):
-        mask = 0
-        for v in t.values:
-            mask |= v
-        return {mask} if t.op == "any_bits" else {v for v in t.values}
-    return None
-
-
-def _union(rules, extract: Extract):
-    out: set = set()
-    for rule in rules:
-        c = _necessary(rule.condition, extract)
-        if c is None:
-            return None
-        out |= c
-    return out
-
-
-def _minimal_prefixes(prefixes: set[str] | None) -> list[str] | None:
-    if prefixes is None or "" in prefixes:
-        return None
-    kept: list[str] = []
-    for p in sorted(prefixes):
-        if not any(p.startswith(k) for k in kept):
-            kept.append(p)
-    return kept
+def _in_pod(node: Node | None) -> bool:
+    return _kind_values(node, lambda t: {True} if t.field == "in_pod" and t.op == "eq" and t.values == (True,)
+                        else None) is not None
 
 
 def _sorted(values) -> list | None:
@@ -131,29 +206,19 @@ def _sorted(values) -> list | None:
 
 
 def kernel_filter(ruleset: RuleSet) -> dict:
-    """Cheap in-kernel filters that cannot hide a match (see module doc)."""
+    """Clauses and per-kind knobs that cannot hide a match (see module doc).
+
+    {"kinds": [...], "pods_only": bool, "clauses": [Clause, ...],
+     "ptrace": {"requests": [...] | None}, "connect": {"families": [...] | None}}
+    """
     active = ruleset.active_rules
     out: dict = {
         "kinds": ruleset.kinds(),
-        "pods_only": bool(active) and all(_necessary(r.condition, _is_true("in_pod")) for r in active),
+        "pods_only": bool(active) and all(_in_pod(r.condition) for r in active),
+        "clauses": [c for r in active for c in _clauses(r)],
     }
-    name_values = _values("process.name", ("eq", "in"))
-    for kind in out["kinds"]:
-        rules = ruleset.by_kind[kind]
-        entry: dict = {"comms": _sorted(_union(rules, name_values))}
-        if kind in ("exec", "open", "chmod"):
-            entry["path_prefixes"] = _minimal_prefixes(_union(rules, _path_prefixes))
-        if kind == "open":
-            entry["write_only"] = _union(rules, _is_true("open.write")) is not None
-        if kind == "chmod":
-            masks = _union(rules, _mode_mask)
-            mask = 0
-            for m in masks or ():
-                mask |= m
-            entry["mode_bits_any"] = mask if masks is not None else None
-        if kind == "ptrace":
-            entry["requests"] = _sorted(_union(rules, _values("ptrace.request", ("eq", "in"))))
-        if kind == "connect":
-            entry["families"] = _sorted(_union(rules, _families))
-        out[kind] = entry
+    if "ptrace" in out["kinds"]:
+        out["ptrace"] = {"requests": _sorted(_union(ruleset.by_kind["ptrace"], _requests))}
+    if "connect" in out["kinds"]:
+        out["connect"] = {"families": _sorted(_union(ruleset.by_kind["connect"], _families))}
     return out
