@@ -36,6 +36,27 @@ def test_extra_capabilities_are_appended_once():
     assert sc["capabilities"]["add"] == [*LEAST_PRIVILEGE_CAPS, "SYS_ADMIN"]
 
 
+def test_security_adds_sys_ptrace_and_only_then():
+    """exe and cwd of other users' processes (/proc/<pid>/exe, cwd) need ptrace
+    read access: tests/deploy/test_security_capabilities.py runs the agent with it."""
+    def caps(objs):
+        return agent_container(objs)["securityContext"]["capabilities"]
+
+    assert caps(render_scenario("security-values.yaml"))["add"] == [*LEAST_PRIVILEGE_CAPS, "SYS_PTRACE"]
+    assert caps(render(sets=["config.security.enabled=true"]))["add"] == [*LEAST_PRIVILEGE_CAPS, "SYS_PTRACE"]
+    for scenario in (None, "minimal-values.yaml", "monitoring-values.yaml"):
+        assert "SYS_PTRACE" not in caps(render_scenario(scenario))["add"], scenario
+    assert "SYS_PTRACE" not in caps(render(sets=["config.security.enabled=false"]))["add"]
+    # Listed by the user as well: still once, before the user's other additions.
+    both = render(sets=["config.security.enabled=true", "extraCapabilities={SYS_PTRACE,SYS_ADMIN}"])
+    assert caps(both) == {"drop": ["ALL"], "add": [*LEAST_PRIVILEGE_CAPS, "SYS_PTRACE", "SYS_ADMIN"]}
+    # Security off, SYS_PTRACE asked for: the user's choice stands.
+    assert caps(render(sets=["extraCapabilities={SYS_PTRACE}"]))["add"] == [*LEAST_PRIVILEGE_CAPS, "SYS_PTRACE"]
+    # Privileged has every capability anyway: no list to add to.
+    sc = agent_container(render(sets=["privileged=true", "config.security.enabled=true"]))["securityContext"]
+    assert sc == {"privileged": True, "runAsUser": 0}
+
+
 def test_privileged_is_opt_in_and_replaces_the_capability_list():
     objs = render_scenario("privileged-values.yaml")
     sc = agent_container(objs)["securityContext"]

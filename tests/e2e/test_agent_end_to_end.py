@@ -80,7 +80,9 @@ def _warm_up(prom, client, server) -> None:
     for pod in ("server-0", CLIENT_POD):
         assert prom.wait_for(f'podsight_tcp_connections_opened_total{{namespace="{NAMESPACE}", pod="{pod}"}}', 30), \
             f"no TCP series labelled namespace={NAMESPACE} pod={pod}: pod metadata did not reach the agent"
-    time.sleep(3)  # a few samples before the activity, so rate() sees it begin
+    # A few samples before the activity, so rate() sees it begin.
+    series = f'podsight_tcp_connections_opened_total{{namespace="{NAMESPACE}", pod="{CLIENT_POD}"}}'
+    assert prom.wait_for(f"count_over_time({series}[1m]) >= 3", 30), f"fewer than 3 samples of {series}"
 
 
 def _generate_activity(client, server) -> None:

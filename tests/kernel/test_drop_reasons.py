@@ -10,9 +10,8 @@ from podsight.kernel import mounts
 from podsight.kernel.drop_reasons import drop_reasons
 from podsight.kernel.probes import tcp_config
 
-pytestmark = pytest.mark.root  # tracefs may need mounting
 
-
+@pytest.mark.root  # tracefs is root's, and may need mounting
 def test_names_and_numbers_from_this_kernel():
     reasons = drop_reasons(mounts.tracefs_root())
     names = set(reasons.values())
@@ -20,6 +19,7 @@ def test_names_and_numbers_from_this_kernel():
     assert len(names) == len(reasons)  # one name per number
 
 
+# Not root: pure, on a given table of reasons.
 def test_ignored_reasons_become_this_kernels_bits(caplog):
     reasons = {2: "NOT_SPECIFIED", 70: "QUEUE_PURGE", 300: "SUBSYS_THING"}
     with caplog.at_level(logging.WARNING, logger="podsight.probes"):

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent import AgentProcess
+from tests.support.programs import PTRACE
 from tests.support.traffic import NETPROG
 
 pytestmark = pytest.mark.root
@@ -45,21 +46,8 @@ SPAWNS_PER_SECOND = 100  # posix_spawn()s; half run `env true`, so about 150 exe
 MAX_AGENT_CORES = 0.5
 KNOWN_DROP_REASONS = {"rate_limited", "ringbuf_full", "pending_full", "output_limited", "guard_limited"}
 KINDS = {"exec", "open", "chmod", "ptrace", "connect"}
-TOKEN_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 API_PORT = 6443
 
-PTRACE = r"""
-import ctypes, os, sys, time
-libc = ctypes.CDLL(None, use_errno=True)
-child = os.fork()
-if child == 0:
-    time.sleep(5); os._exit(0)
-rc = libc.ptrace(16, child, None, None)  # PTRACE_ATTACH
-time.sleep(0.1)
-libc.ptrace(17, child, None, None)       # PTRACE_DETACH
-os.kill(child, 9); os.waitpid(child, 0)
-print(rc)
-"""
 
 # A long-lived worker opening ordinary files, paced to its share of the rate.
 # It counts its own open calls: each one is an openat(2) that enters the
@@ -155,23 +143,6 @@ class Attack:
     def label(self) -> str:
         argv = ["<script>" if "\n" in a else a for a in self.argv]
         return f"{self.rule} (pid {self.pid} at +{self.at:.1f} s: {' '.join(argv)})"
-
-
-@pytest.fixture
-def token_file():
-    created = not TOKEN_DIR.exists()
-    TOKEN_DIR.mkdir(parents=True, exist_ok=True)
-    token = TOKEN_DIR / "token"
-    had = token.exists()
-    if not had:
-        token.write_text("eyJhbGciOiJSUzI1NiJ9.e30.c2lnbmF0dXJl\n")
-    try:
-        yield token
-    finally:
-        if not had:
-            token.unlink()
-        if created:
-            shutil.rmtree("/var/run/secrets", ignore_errors=True)
 
 
 @pytest.fixture

@@ -131,6 +131,41 @@ class Pod:
                 return {"rx_bytes": v[0], "rx_packets": v[1], "tx_bytes": v[8], "tx_packets": v[9]}
         raise KeyError(ifname)
 
+    def mib(self) -> dict[str, int]:
+        """The namespace's own SNMP/netstat counters (/proc/net/snmp and
+        /proc/net/netstat read inside it), named as nstat names them
+        (``TcpActiveOpens``, ``IpExtInNoECTPkts``): read directly, so no
+        nstat history file is involved."""
+        out: dict[str, int] = {}
+        for path in ("/proc/net/snmp", "/proc/net/netstat"):
+            lines = sh("cat", path, ns=self.ns).splitlines()
+            # Pairs of lines: "Tcp: Name1 Name2 ..." then "Tcp: 1 2 ...".
+            for head, vals in zip(lines[::2], lines[1::2]):
+                prefix, _, names = head.partition(":")
+                out.update((prefix + n, int(v)) for n, v in zip(names.split(), vals.split(":", 1)[1].split()))
+        return out
+
+    @property
+    def mac(self) -> str:
+        return sh("cat", "/sys/class/net/eth0/address", ns=self.ns).strip()
+
+    def pin_neighbor(self, other: "Pod") -> None:
+        """A permanent ARP entry for ``other``: no ARP frames on eth0, so its
+        counters hold only the pods' IPv4 traffic."""
+        sh("ip", "neigh", "replace", other.ip, "lladdr", other.mac, "nud", "permanent", "dev", "eth0", ns=self.ns)
+
+    def set_offload(self, **features: bool) -> None:
+        """Turn eth0's ``tso`` / ``gro`` on or off with the legacy ethtool
+        ioctl (the ethtool tool is not installed)."""
+        cmds = {"tso": 0x1F, "gro": 0x2C}  # ETHTOOL_STSO, ETHTOOL_SGRO
+        for name, on in features.items():
+            code = (
+                "import ctypes, fcntl, socket, struct\n"
+                f"v = (ctypes.c_uint32 * 2)({cmds[name]}, {int(on)})\n"
+                "fcntl.ioctl(socket.socket(), 0x8946, struct.pack('16sP', b'eth0', ctypes.addressof(v)))\n"
+            )
+            sh("python3", "-c", code, ns=self.ns)
+
     def close(self) -> None:
         for p in self.procs:
             if p.poll() is None:

@@ -31,7 +31,7 @@ to normalize and judge; they spend a separate per-pod guard budget
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 from .conditions import AllOf, AnyOf, Node, Not, Test
 from .rules import Rule, RuleSet
