@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
@@ -113,3 +114,35 @@ def test_relative_open_by_a_short_lived_process_has_its_cwd(node):
         [e] = agent.wait_events(lambda e: e["rule"] == "sensitive_file_read" and e["process"]["name"] == "cat",
                                 what="sensitive_file_read of a relative path")
     assert (e["process"]["cwd"], e["syscall"]["path"]) == ("/etc", "/etc/shadow")
+
+
+RETRY = r"""
+import socket, sys
+for _ in range(20):  # what a client does while the API server does not answer
+    s = socket.socket()
+    s.settimeout(0.2)
+    try:
+        s.connect((sys.argv[1], 443))
+    except OSError:
+        pass
+    s.close()
+print("done")
+"""
+
+
+def test_twenty_connection_retries_are_one_line_and_one_summary(node):
+    """One `kubectl get secrets` retrying against the API: the first attempt at
+    once, then one summary with the count, not twenty identical lines."""
+    pod = node.pod("retry")
+    api = "10.244.0.250"  # on the pod's subnet, nobody there: each connect times out or fails
+    # The default window (10 s) covers all twenty attempts (about 4 s).
+    config = security(f"  egress: {{kubernetes_api_cidrs: [{api}/32]}}\n")
+    with AgentProcess(config=config) as agent:
+        assert run_in(pod, sys.executable, "-c", RETRY, api) == "done"
+        summary = agent.wait_events(lambda e: e["rule"] == "kubernetes_api_from_unexpected_pod" and "count" in e,
+                                    timeout=20, what="the retries' summary line")
+        lines = [e for e in agent.events() if e["rule"] == "kubernetes_api_from_unexpected_pod"]
+        s = agent.scrape()
+    assert len(lines) == 2 and "count" not in lines[0], lines
+    assert summary[0]["count"] == 20 and summary[0]["first_time"] == lines[0]["time"]
+    assert s.value("podsight_security_events_total", rule="kubernetes_api_from_unexpected_pod") == 20
