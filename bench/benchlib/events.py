@@ -80,6 +80,7 @@ security:
   output:
     stdout: false
     file: /dev/null
+    aggregate: {window: 0s}  # the worst case, comparable with earlier runs: every match a JSON line
 """
 
 
@@ -111,7 +112,8 @@ def kernel_path(node, seconds: float, log) -> dict:
                 s = agent.scrape()
                 delivered = s.value("podsight_security_events_total", rule="sensitive_file_read")
                 dropped = {r: s.value("podsight_events_dropped_total", reason=r)
-                           for r in ("rate_limited", "ringbuf_full", "user_queue_full", "pending_full")}
+                           for r in ("rate_limited", "guard_limited", "ringbuf_full", "pending_full",
+                                     "output_limited")}
                 total = delivered + sum(dropped.values())
                 if total == last or time.monotonic() - t0 > seconds + 120:
                     break

@@ -107,9 +107,10 @@ def test_kernel_cost_has_podsight_and_floor_under_the_same_loads(result):
     assert all("budget" in progs[n] for n in ("network_ingress", "network_egress"))
     # The RTT sampler ran, as the agent's sampler thread runs it.
     for name in ("tcp_rtt_sample",):
-        it = fig["iterators"][name]
+        it = fig["samplers"][name]
         assert it["runs_per_repeat"]["median"] > 0, name
-        sane(it["ns_per_run"], 1, 1_000_000)
+        # One run walks every bucket of tcp_socks (65,536 by default): about 1 ms here.
+        sane(it["ns_per_run"], 1_000, 50_000_000)
 
 
 def test_scale_labels_every_pod_and_measures_the_agent(result):
