@@ -64,7 +64,7 @@ def test_check_mounts_tracefs_itself():
     lines = out.stdout.splitlines()
     assert "[ok ] tracefs: /sys/kernel/tracing" in lines, out.stdout
     for name in ("tracepoint sock/inet_sock_set_state", "tracepoint syscalls/sys_enter_openat",
-                 "program tcp_rtt_sample"):
+                 "program tcp_rtt_sample", "program sec_openat"):
         assert any(line.startswith(f"[ok ] {name}") for line in lines), f"{name} not ok:\n{out.stdout}"
     assert not [line for line in lines if line.startswith("[FAIL]")], out.stdout
 

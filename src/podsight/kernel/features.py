@@ -114,8 +114,10 @@ def run_checks() -> list[Check]:
         ok = _probe_prog(kind)
         out.append(Check(f"program type {kind}", ok, why, core))
     out.append(Check("program type tracing (tp_btf)", probe_tp_btf(), "tcp probe: connection states", False))
-    ok, why = program_loads("tcp", "tcp_rtt_sample")
-    out.append(Check("program tcp_rtt_sample", ok, "tcp probe: RTT sampler" + (f" ({why})" if why else ""), False))
+    for obj, prog, what in (("tcp", "tcp_rtt_sample", "tcp probe: RTT sampler"),
+                            ("security", "sec_openat", "security probe: the rules' kernel filter (bpf_loop, 5.17+)")):
+        ok, why = program_loads(obj, prog)
+        out.append(Check(f"program {prog}", ok, what + (f" ({why})" if why else ""), False))
     for kind, core in (("percpu_hash", True), ("ringbuf", False)):
         ok = lib.libbpf_probe_bpf_map_type(MAP_TYPES[kind], None) == 1
         out.append(Check(f"map type {kind}", ok, "", core))
