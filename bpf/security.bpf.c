@@ -66,13 +66,13 @@ struct {
 	__type(value, struct security_event);
 } scratch SEC(".maps");
 
-/* The working directory is built from its last component back, here. */
+/* A path (cwd, exe) is built from its last component back, here. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, char[2 * SEC_PATH_LEN]);
-} cwd_scratch SEC(".maps");
+} path_scratch SEC(".maps");
 
 struct rate_bucket {
 	__u64 tokens;		/* token-nanoseconds: TOKEN per event */
@@ -222,10 +222,10 @@ static __always_inline struct security_event *begin(__u32 kind, __u32 syscall)
 	return ev;
 }
 
-#define CWD_DEPTH 64	/* directory levels walked; deeper: left empty, user space reads /proc */
+#define PATH_DEPTH 64	/* directory levels walked; deeper: left empty, user space reads /proc */
 #define PATH_MASK (SEC_PATH_LEN - 1)
 
-struct cwd_walk {
+struct path_walk {
 	char *buf;
 	struct dentry *d, *root;
 	struct vfsmount *vm, *root_mnt;
@@ -237,7 +237,7 @@ struct cwd_walk {
 
 /* One step up: a name, or a mount crossed.  Fields of w are copied to locals
  * first: inside BPF_CORE_READ they would be taken for kernel types. */
-static long cwd_step(__u32 i, struct cwd_walk *w)
+static long path_step(__u32 i, struct path_walk *w)
 {
 	struct dentry *d = w->d;
 	struct vfsmount *vm = w->vm;
@@ -283,18 +283,18 @@ static long cwd_step(__u32 i, struct cwd_walk *w)
  * Falco and Tracee do, crossing mounts, in bpf_loop so the verifier checks
  * one step, not every depth.  Names are written from the end of a
  * 2 x 256-byte buffer back, offsets masked so every access is in bounds.  A
- * path longer than 255 bytes or deeper than CWD_DEPTH leaves ``out`` empty
+ * path longer than 255 bytes or deeper than PATH_DEPTH leaves ``out`` empty
  * rather than cut (user space then reads /proc). */
 static __always_inline void read_path(char *out, struct fs_struct *fs, struct dentry *d, struct vfsmount *vm)
 {
 	__u32 zero = 0;
-	char *buf = bpf_map_lookup_elem(&cwd_scratch, &zero);
+	char *buf = bpf_map_lookup_elem(&path_scratch, &zero);
 
 	if (!buf || !d || !vm)
 		return;
 	/* container_of(), with the offset relocated for the running kernel. */
 	__u32 mnt_off = bpf_core_field_offset(struct mount, mnt);
-	struct cwd_walk w = {
+	struct path_walk w = {
 		.buf = buf,
 		.root = BPF_CORE_READ(fs, root.dentry),
 		.root_mnt = BPF_CORE_READ(fs, root.mnt),
@@ -306,7 +306,7 @@ static __always_inline void read_path(char *out, struct fs_struct *fs, struct de
 
 	w.mnt = (void *)w.vm - mnt_off;
 	buf[PATH_MASK] = 0;
-	bpf_loop(CWD_DEPTH, cwd_step, &w, 0);
+	bpf_loop(PATH_DEPTH, path_step, &w, 0);
 	if (w.done != 1)
 		return;
 	if (w.pos == PATH_MASK) {	/* the root itself */
@@ -451,7 +451,7 @@ static long match_path(__u32 i, struct path_match *m)
 }
 
 struct comm_match {
-	__u64 comm[2];		/* bpf_get_current_comm(): NUL-padded */
+	__u64 comm[2];		/* the task comm, NUL-padded as bpf_get_current_comm() writes it */
 	__u32 include;
 	__u32 exclude;
 };
@@ -544,7 +544,7 @@ static __always_inline bool judge(struct security_event *ev, bool has_path, long
 {
 	struct comm_match cm = {};
 
-	bpf_get_current_comm(cm.comm, sizeof(cm.comm));
+	__builtin_memcpy(cm.comm, ev->comm, sizeof(cm.comm));	/* begin() read it, NUL-padded */
 	bpf_loop(SEC_MATCH_COMMS, match_comm, &cm, 0);
 	if (has_path && unnormalized(ev->path, n)) {
 		if (!passes(ev->kind, ~0u, flags, mode, &cm))

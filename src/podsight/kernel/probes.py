@@ -51,8 +51,8 @@ class Probe:
         the object is loaded again without them."""
         return set()
 
-    def refused(self, programs: set[str], error: str) -> None:
-        """The kernel refused ``programs`` at load with ``error``."""
+    def refused(self, programs: set[str]) -> None:
+        """The kernel refused ``programs`` at load (the object was loaded without them)."""
 
     def _open(self, cfg: Config, without: set[str]) -> BpfObject:
         obj = BpfObject(self.obj_name)
@@ -80,7 +80,7 @@ class Probe:
                 obj.close()
                 obj = self._open(cfg, optional)
                 obj.load()
-                self.refused(optional, str(e))
+                self.refused(optional)
                 log.warning("probe %s: %s refused by this kernel (%s); loaded without", self.name,
                             ", ".join(sorted(optional)), e)
             self.attach(obj, cfg, cgroup_root)
@@ -153,7 +153,7 @@ class TcpProbe(Probe):
     def optional_programs(self) -> set[str]:
         return {self.RTT_SAMPLER}
 
-    def refused(self, programs: set[str], error: str) -> None:
+    def refused(self, programs: set[str]) -> None:
         for prog in programs:
             self._present[prog] = False
 
