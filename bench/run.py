@@ -20,10 +20,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))  # tests.support
 
-from benchlib import churn, compare, env, events, kernel_cost, report, scale, throughput  # noqa: E402
+from benchlib import churn, compare, env, events, kernel_cost, render, report, scale, throughput  # noqa: E402
 from benchlib.machine import bpf_stats_sysctl, machine_info  # noqa: E402
 
-FIGURES = ("throughput", "churn", "kernel_cost", "scale", "events")
+FIGURES = ("throughput", "churn", "kernel_cost", "scale", "events", "render")
 
 
 def _args(argv):
@@ -36,7 +36,9 @@ def _args(argv):
                         "single rounds vary by +-5 %% here, and 15 give a 95 %% interval for the median")
     p.add_argument("--seconds", type=float, help="length of each iperf3/wrk run (default 3; quick 1)")
     p.add_argument("--pods", type=int, help="simulated pods for the scale figure (default 1000; quick 20)")
-    p.add_argument("--scrapes", type=int, help="scrapes per repeat for the latency figure (default 100; quick 5)")
+    p.add_argument("--scrapes", type=int,
+                   help="scrapes per repeat and kind (gzip, as Prometheus asks, and plain) for the scale figure "
+                        "(default 100; quick 5)")
     p.add_argument("--idle-seconds", type=float, help="idle CPU window (default 30; quick 2)")
     p.add_argument("--interval-seconds", type=float,
                    help="window of the simulated 15 s scrape interval (default 60; quick 1: one scrape)")
@@ -100,6 +102,7 @@ def main(argv=None) -> int:
             "scale": lambda: scale.run(node, a.pods, 3, a.scrapes, max(1, min(a.repeats, 3)), a.idle_seconds,
                                        a.interval_seconds, log),
             "events": lambda: events.run(a.events, a.repeats, log, node, 1 if a.quick else 5),
+            "render": lambda: render.run(a.pods, 3 if a.quick else 20, max(1, min(a.repeats, 3)), log),
         }
         for name in FIGURES:
             if name not in a.only:

@@ -6,6 +6,7 @@ import time
 from typing import Callable
 
 from . import env
+from .floor import floor_programs
 from .stats import median_ci, ratio_pairs, summary
 
 __all__ = ["alternate"]
@@ -51,7 +52,5 @@ def alternate(measure: Callable[[], float], repeats: int, log: Callable[[str], N
 
 @contextlib.contextmanager
 def _floor():
-    from .kernel_cost import floor_programs  # kernel_cost imports this module's users
-
     with floor_programs(env.build_tools()["empty_dir"]):
         yield

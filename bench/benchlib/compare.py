@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .report import budgets
 
-__all__ = ["Row", "compare", "load", "previous_path", "setup_differences", "regressions", "table"]
+__all__ = ["Row", "compare", "load", "previous_path", "setup_differences", "budget_changes", "regressions", "table"]
 
 # Absolute figures (ms, MB, events/s) depend on the machine; ratios against a
 # baseline from the same run are meant to carry over.
@@ -71,6 +71,14 @@ class Row:
         return "better" if (c > 0) == higher_is_better else "worse"
 
     @property
+    def budget_changed(self) -> bool:
+        """The line moved between the runs (issue 15 halved scrape p99's): a
+        verdict that flips with it says nothing about the code."""
+        if not self.old or not self.new:
+            return False
+        return (self.old["op"], self.old["limit"]) != (self.new["op"], self.new["limit"])
+
+    @property
     def beyond_noise(self) -> bool | None:
         """True when the two runs' intervals do not overlap; None without both intervals."""
         a, b = self._interval(self.old), self._interval(self.new)
@@ -96,7 +104,21 @@ def setup_differences(old: dict, new: dict) -> list[str]:
     out += [f"{k} {pa.get(k)!r} -> {pb.get(k)!r}" for k in sorted(pa.keys() | pb.keys()) if pa.get(k) != pb.get(k)]
     if old.get("agent_env", {}) != new.get("agent_env", {}):
         out.append(f"agent_env {old.get('agent_env', {})!r} -> {new.get('agent_env', {})!r}")
+    sa, sb = old.get("figures", {}).get("scale"), new.get("figures", {}).get("scale")
+    if sa and sb:
+        # Runs before scale.py asked for gzip scraped with urllib's "identity".
+        ea, eb = (s.get("scrape_accept_encoding", "identity") for s in (sa, sb))
+        if ea != eb:
+            out.append(f"scale scrapes with Accept-Encoding {ea!r} -> {eb!r}")
     return out
+
+
+def budget_changes(rows: list[Row]) -> list[str]:
+    """Budgets whose line moved between the two runs."""
+    def line(b: dict) -> str:
+        return f"{b['op']} {b['limit']:,.10g}{b['unit']}"
+
+    return [f"{r.name} {line(r.old)} -> {line(r.new)}" for r in rows if r.budget_changed]
 
 
 def regressions(rows: list[Row], tolerance: float = 0.10) -> list[str]:
@@ -106,7 +128,8 @@ def regressions(rows: list[Row], tolerance: float = 0.10) -> list[str]:
     from PASS to MISS.  A verdict that flips inside the spread is noise."""
     out = []
     for r in rows:
-        flipped = (r.old or {}).get("verdict") == "PASS" and (r.new or {}).get("verdict") == "MISS"
+        flipped = ((r.old or {}).get("verdict") == "PASS" and (r.new or {}).get("verdict") == "MISS"
+                   and not r.budget_changed)
         big = r.change is None or abs(r.change) > tolerance
         if r.direction == "worse" and r.beyond_noise and big:
             out.append(f"{r.name}: worse by {abs(r.change):.1%}, beyond both runs' spread"
@@ -128,6 +151,9 @@ def table(old: dict, new: dict, rows: list[Row], tolerance: float = 0.10) -> str
     diff = setup_differences(old, new)
     if diff:
         lines.append("the runs differ: " + "; ".join(diff))
+    moved = budget_changes(rows)
+    if moved:
+        lines.append("budgets changed: " + "; ".join(moved))
     lines.append("")
     cells = [("budget", "old", "new", "change", "verdict", "")]
     for r in rows:

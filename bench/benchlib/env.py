@@ -25,7 +25,7 @@ from tests.support import pods as _pods  # noqa: E402
 from tests.support.agent import AgentProcess  # noqa: E402
 
 __all__ = ["REPO", "BUILD", "NETPROG", "bench_node", "build_tools", "agent", "cpu_seconds", "rss_bytes",
-           "sweep_leftovers", "BenchError"]
+           "peak_rss_bytes", "sweep_leftovers", "BenchError"]
 
 BUILD = REPO / "build" / "bench"
 NETPROG = str(REPO / "tests" / "support" / "netprog.py")
@@ -197,6 +197,11 @@ def rss_bytes(pid: int, field: str = "VmRSS") -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     raise BenchError(f"/proc/{pid}/status: no {field}")
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The process's high-water mark of resident memory since it started (``VmHWM``)."""
+    return rss_bytes(pid, "VmHWM")
 
 
 def wait_line(proc: subprocess.Popen, expect: str, timeout: float = 10.0) -> None:

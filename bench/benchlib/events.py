@@ -1,9 +1,9 @@
 """Figure 5: the security events path, events/s decoded + rule-matched on one core.
 
 What runs today: ring-buffer records (``struct security_event`` bytes, built
-from podsight.security.bench's event mix) through the agent's own decoder
+from benchlib.match's event mix) through the agent's own decoder
 (``podsight.reader.events.decode``), rule matching and JSON for matches
-(``podsight.security.bench.bench_decode_match``), in one thread, timed by
+(``benchlib.match.bench_decode_match``), in one thread, timed by
 CPU time.  ``match_only`` is the same loop on pre-decoded events, so the
 decoder's share shows.
 
@@ -143,7 +143,7 @@ def run(n: int, repeats: int, log, node=None, kernel_seconds: float = 5.0) -> di
             kernel = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
     try:
         from podsight.reader.events import boot_to_realtime_offset, decode
-        from podsight.security.bench import bench_decode_match, sample_events
+        from .match import bench_decode_match, sample_events  # imports podsight.security
     except ImportError as e:
         return {"status": "unavailable", "reason": str(e), "kernel": kernel}
     log(f"events: {n:,} ring-buffer records decoded + matched x {repeats}")

@@ -16,10 +16,12 @@ import threading
 
 from podsight.config import Config
 from podsight.kernel import mounts
-from podsight.kernel.loader import BpfObject
-from podsight.kernel.probes import NetworkProbe, TcpProbe, program_stats
+from podsight.kernel.families.network import NetworkProbe
+from podsight.kernel.families.tcp import TcpProbe
+from podsight.kernel.probes import program_stats
 
 from . import churn, env
+from .floor import floor_programs
 from .machine import bpf_stats, bpf_stats_sysctl
 from .stats import Budget, summary
 
@@ -48,10 +50,6 @@ HOOKS = {
     "tcp_retransmit": "tracepoint tcp/tcp_retransmit_skb", "tcp_send_reset": "tracepoint tcp/tcp_send_reset",
     "tcp_receive_reset": "tracepoint tcp/tcp_receive_reset", "skb_drop": "tracepoint skb/kfree_skb",
 }
-# Programs of bench/bpf/*.bpf.c attached to a cgroup (the rest attach by their tracepoint section).
-CGROUP_SKB = {"empty_ingress", "empty_egress", "v1_cgroup_id", "v2_hash_lookup", "v3_plain_add",
-              "v4_atomic_add", "v5_array_add", "v6_sk_plain", "v7_sk_atomic", "v8_sk_atomic_in",
-              "v9_cg_storage", "v9_cg_storage_in", "v10_cg_no_segs_in"}
 REFUSED_PORT = 9  # nobody listens: each connect is a SYN, a RST sent, a RST received, a drop
 
 
@@ -87,22 +85,6 @@ def podsight_programs():
             ticker.join()
         for p in probes:
             p.stop()
-
-
-@contextlib.contextmanager
-def floor_programs(obj_dir, name: str = "empty", only: tuple[str, ...] | None = None):
-    """A bench object's programs on the same hooks (cgroup_skb ones on the cgroup2 root); name → fd."""
-    root = mounts.cgroup2_root()
-    with BpfObject(name, directory=obj_dir) as obj:
-        obj.load()
-        progs = [p for p in obj.program_names() if only is None or p in only]
-        for prog in progs:
-            if prog in CGROUP_SKB:
-                obj.attach_cgroup(prog, root)
-            else:
-                obj.attach(prog)
-        fds = obj.loaded_programs()
-        yield {p: fds[p] for p in progs}
 
 
 def read_stats(fds: dict[str, int]) -> dict[str, tuple[int, int]]:

@@ -27,14 +27,56 @@ def _mmm(s: dict | None, digits: int = 1) -> str:
 def _verdict(b: dict | None) -> str:
     if not b:
         return ""
-    out = f"{b['verdict'] or 'n/a'} ({b['op']} {b['limit']:g}{b['unit']})"
+    out = f"{b['verdict'] or 'n/a'} ({b['op']} {_limit(b['limit'])}{b['unit']})"
     if b.get("ci"):
         out += f"; {_ci(b['ci'])}: " + ("settled" if b["settled"] else "the rounds cannot tell")
     return out
 
 
+def _limit(v: float) -> str:
+    s = f"{v:g}"
+    return f"{v:,.0f}" if "e" in s else s  # 1048576, not 1.04858e+06
+
+
 def _ci(ci: dict | None) -> str:
     return f"{ci['level']:.0%} CI of the median {ci['low']:.4f}..{ci['high']:.4f}" if ci else ""
+
+
+def _bytes(s: dict | None) -> str:
+    if not s or s.get("median") is None:
+        return "-"
+    return f"{s['median']:,.0f} [{s['min']:,.0f}..{s['max']:,.0f}]"
+
+
+def _scale_rows(s: dict) -> list[tuple[str, str, str]]:
+    """Figure 4: the scrape figures are gzip scrapes, as Prometheus makes them;
+    the plain ones are for comparison."""
+    g, check = s["gzip_bytes"], s["gzip_plain_check"]
+    same = {True: "yes", False: "NO"}[s["gzip_plain_identical"]] + f" ({check['series']:,} series compared"
+    same += ")" if check["compressed"] else "; the agent did not compress it)"
+    if max(check.get("attempts") or [1]) > 1:  # a host gauge that moved and came back, if identical in the end
+        same += f"; attempts per repeat {check['attempts']}, first saw {check['failed_attempts_saw'][0]}"
+    if not s["gzip_plain_identical"] and check["examples"]:
+        same += f"; {check['examples'][0]}"
+    return [
+        ("scale: pods / series", f"{s['pods']} ({s['pods_labelled']} with k8s names) / {s['series']:,}", ""),
+        ("scrape p50 ms (gzip)", _mmm(s["scrape_p50_ms"]), ""),
+        ("scrape p99 ms (gzip)", _mmm(s["scrape_p99_ms"]), _verdict(s["scrape_p99_ms"]["budget"])),
+        ("agent CPU ms per scrape (gzip)", _mmm(s["cpu_ms_per_scrape"]), _verdict(s["cpu_ms_per_scrape"]["budget"])),
+        ("plain scrape p50 / p99 ms", f"{_mmm(s['plain_scrape_p50_ms'])} / {_mmm(s['plain_scrape_p99_ms'])}", ""),
+        ("plain agent CPU ms per scrape", _mmm(s["plain_cpu_ms_per_scrape"]), ""),
+        ("page bytes, plain / gzip", f"{s['body_bytes']:,} / " + (
+            _bytes(g) if g["median"] is not None else f"none: {g.get('note', 'not measured')}"),
+         _verdict(g["budget"])),
+        ("gzip page = plain page", same, ""),
+        ("agent RSS MB", _mmm(s["rss_mb"]), _verdict(s["rss_mb"]["budget"])),
+        ("agent peak RSS MB (VmHWM)", _fmt(s["peak_rss_mb"]["median"]), _verdict(s["peak_rss_mb"]["budget"])),
+        ("agent CPU % idle", _mmm(s["idle_cpu_percent"], 2), _verdict(s["idle_cpu_percent"]["budget"])),
+        ("agent CPU % at 15 s scrapes",
+         f"{s['interval_15s_cpu_percent']['simulated']:.2f} simulated over "
+         f"{s['interval_15s_cpu_percent']['simulated_seconds']:g} s; "
+         f"{s['interval_15s_cpu_percent']['extrapolated']:.2f} extrapolated", ""),
+    ]
 
 
 def table(res: dict) -> str:
@@ -71,16 +113,7 @@ def table(res: dict) -> str:
             if p["ns_per_run"]["n"]:
                 rows.append((f"{prog} ns per run (a walk of every tracked socket)", _mmm(p["ns_per_run"], 1), ""))
     if "scale" in f:
-        s = f["scale"]
-        rows.append(("scale: pods / series", f"{s['pods']} ({s['pods_labelled']} with k8s names) / {s['series']:,}", ""))
-        rows.append(("scrape p50 ms", _mmm(s["scrape_p50_ms"]), ""))
-        rows.append(("scrape p99 ms", _mmm(s["scrape_p99_ms"]), _verdict(s["scrape_p99_ms"].get("budget"))))
-        rows.append(("agent CPU ms per scrape", _mmm(s["cpu_ms_per_scrape"]), ""))
-        rows.append(("agent RSS MB (peak)", f"{_mmm(s['rss_mb'])} ({s['rss_peak_mb']:.1f})", _verdict(s["rss_mb"].get("budget"))))
-        rows.append(("agent CPU % idle", _mmm(s["idle_cpu_percent"], 2), _verdict(s["idle_cpu_percent"].get("budget"))))
-        i = s["interval_15s_cpu_percent"]
-        rows.append(("agent CPU % at 15 s scrapes",
-                     f"{i['simulated']:.2f} simulated over {i['simulated_seconds']:g} s; {i['extrapolated']:.2f} extrapolated", ""))
+        rows += _scale_rows(f["scale"])
     if "events" in f:
         e = f["events"]
         if e.get("status") == "measured":
@@ -99,6 +132,15 @@ def table(res: dict) -> str:
                          ", ".join(f"{r} {int(n):,}" for r, n in d.items() if n) or "none", ""))
         else:
             rows.append(("events path through the kernel", f"{k.get('status')}: {k.get('reason', '')}", ""))
+    if "render" in f:
+        rd = f["render"]
+        rows.append((f"render in-process, {rd['pods']} pods: old renderer ms", _mmm(rd["legacy_ms"], 1), ""))
+        for key in sorted((k for k in rd if k.startswith("changed_")), key=lambda k: int(k[8:-3])):
+            x = rd[key]
+            rows.append((f"  {key.split('_')[1]} changed: plain / gzip ms",
+                         f"{_mmm(x['plain_ms'], 1)} / {_mmm(x['gzip_ms'], 1)}", ""))
+            rows.append((f"  {key.split('_')[1]} changed: vs old, plain / gzip",
+                         f"{_mmm(x['plain_vs_legacy'], 3)} / {_mmm(x['gzip_vs_legacy'], 3)}", ""))
     w = max(len(r[0]) for r in rows) if rows else 0
     v = max(len(r[1]) for r in rows) if rows else 0
     lines += [f"{a:<{w}}  {b:<{v}}  {c}".rstrip() for a, b, c in rows]

@@ -125,7 +125,7 @@ def _run(args) -> int:
     host, _ = parse_listen(cfg.listen)
     shown = f"[{host}]" if ":" in host else host
     # stderr: stdout carries only security events (JSON lines) for log pipelines.
-    print(f"podsight {__version__}: serving http://{shown}:{runtime.port}/metrics (node {runtime.agent.node})",
+    print(f"podsight {__version__}: serving http://{shown}:{runtime.port}/metrics (node {runtime.identity.node})",
           file=sys.stderr, flush=True)
     stop.wait()
     runtime.stop()

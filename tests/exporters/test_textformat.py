@@ -4,7 +4,7 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from podsight.exporters.textformat import LabelCache, Writer, escape
-from podsight.reader.histograms import Buckets
+from podsight.exporters.histograms import Buckets
 
 
 def test_escaping_and_parse_back():

@@ -8,7 +8,7 @@ import pytest
 
 from podsight.kernel import mounts
 from podsight.kernel.drop_reasons import drop_reasons
-from podsight.kernel.probes import tcp_config
+from podsight.kernel.families.tcp import tcp_config
 
 
 @pytest.mark.root  # tracefs is root's, and may need mounting

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from podsight.config import Config
 from podsight.kernel.layouts import SEC_PATH_LEN
-from podsight.kernel.probes import SecurityProbe, security_config
+from podsight.kernel.families.security import SecurityProbe, security_config
 from podsight.reader.events import EventReader
 from podsight.security import RawEvent
 from tests.security.helpers import pod as pod_identity

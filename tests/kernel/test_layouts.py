@@ -7,8 +7,11 @@ import subprocess
 
 import pytest
 
-from podsight.kernel.layouts import MIRRORED
+from podsight.kernel.families import FAMILIES
 from podsight.kernel.loader import bpf_dir
+
+# C struct name → mirror, as each family declares them.
+MIRRORED = {name: py for f in FAMILIES for name, py in f.structs.items()}
 
 STRUCT = re.compile(r"^\[\d+\] STRUCT '(\w+)' size=(\d+) vlen=\d+$")
 MEMBER = re.compile(r"^\s+'(\w+)' type_id=\d+ bits_offset=(\d+)")

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from podsight.config import Config
 from podsight.kernel.layouts import CLAUSE_COMM, CLAUSE_PATH, CLAUSE_READ, SEC_MATCH_COMMS, SEC_MATCH_PATHS
-from podsight.kernel.probes import security_config
+from podsight.kernel.families.security import security_config
 from podsight.security import RawEvent
 from podsight.security.kernel_filter import Clause
 from tests.security.test_kernel_filter import kernel_passes

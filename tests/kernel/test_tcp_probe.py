@@ -368,7 +368,7 @@ def test_tracked_connections_capacity_is_configurable():
     """probes.tcp.max_tracked_connections sizes the kernel's connection table."""
     from podsight.config import load_config
     from podsight.kernel import mounts
-    from podsight.kernel.probes import TcpProbe
+    from podsight.kernel.families.tcp import TcpProbe
 
     cfg = load_config(None, env={"PODSIGHT_PROBES__TCP__MAX_TRACKED_CONNECTIONS": "2048"})
     probe = TcpProbe()
@@ -400,7 +400,8 @@ def test_kernel_refusing_the_rtt_sampler_loses_only_rtt(node, monkeypatch):
     import errno
 
     from podsight.config import Config
-    from podsight.kernel import mounts, probes
+    from podsight.kernel import mounts
+    from podsight.kernel.families.tcp import TcpProbe
     from podsight.kernel.loader import BpfObject
 
     load = BpfObject.load
@@ -412,7 +413,7 @@ def test_kernel_refusing_the_rtt_sampler_loses_only_rtt(node, monkeypatch):
 
     monkeypatch.setattr(BpfObject, "load", refusing)
     a, b = node.pod("a"), node.pod("b")
-    probe = probes.TcpProbe()
+    probe = TcpProbe()
     assert probe.start(Config(), mounts.cgroup2_root()), probe.error
     try:
         assert probe.status() == {"tcp": True, "tcp_rtt": False, "network_drops": True}

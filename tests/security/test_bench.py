@@ -1,7 +1,12 @@
-"""The benchmark helper runs the real match + JSON path and reports its figures."""
+"""The benchmark helper (bench/benchlib/match.py) runs the real match + JSON path and reports its figures."""
 from __future__ import annotations
 
-from podsight.security.bench import bench_decode_match, main, sample_events
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from benchlib.match import bench_decode_match, main, sample_events  # noqa: E402
 
 
 def test_bench_counts_events_and_matches():

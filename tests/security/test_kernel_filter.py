@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from podsight.config import Config
 from podsight.kernel.layouts import (CLAUSE_COMM, CLAUSE_PATH, CLAUSE_READ, CLAUSE_WRITE, SEC_KINDS, SEC_PATH_LEN,
                                      SecurityConfig)
-from podsight.kernel.probes import fit_clauses, security_config
+from podsight.kernel.families.security import fit_clauses, security_config
 from podsight.security import DEFAULT_RULES_PATH, RawEvent, kernel_filter, load_rules
 from podsight.security.fields import normalize_path
 

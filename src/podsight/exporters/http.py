@@ -8,11 +8,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 from urllib.parse import urlsplit
 
+from .page import Body
 from .textformat import CONTENT_TYPE
 
-__all__ = ["MetricsServer"]
+__all__ = ["MetricsServer", "accepts_gzip"]
 
 log = logging.getLogger("podsight.http")
+
+
+def accepts_gzip(header: str | None) -> bool:
+    """Whether an Accept-Encoding value allows gzip (``gzip;q=0`` refuses it)."""
+    for part in (header or "").split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "x-gzip"):
+            q = params.strip().lower()
+            return not (q.startswith("q=") and q[2:].strip().rstrip("0").rstrip(".") in ("", "0"))
+    return False
 
 
 class _Server(ThreadingHTTPServer):
@@ -25,14 +36,15 @@ class _Server6(_Server):
 
 
 class MetricsServer:
-    """Serves ``render()`` at /metrics.  ``readiness()`` returns (ready, message).
+    """Serves ``render(gzip)`` at /metrics, gzip-encoded when the client
+    accepts it (every Prometheus does).  ``readiness()`` returns (ready, message).
 
     /readyz stays 200 while degraded (e.g. Kubernetes API unreachable): the
     metrics are still worth scraping, and failing readiness would take the
     pod out of the Service endpoints that Prometheus discovers it by.
     """
 
-    def __init__(self, host: str, port: int, render: Callable[[], list[bytes]],
+    def __init__(self, host: str, port: int, render: Callable[[bool], Body],
                  readiness: Callable[[], tuple[bool, str]]):
         render_ = render
         readiness_ = readiness
@@ -41,13 +53,14 @@ class MetricsServer:
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
                 path = urlsplit(self.path).path
                 if path == "/metrics":
+                    gzip = accepts_gzip(self.headers.get("Accept-Encoding"))
                     try:
-                        body = render_()
+                        body = render_(gzip)
                     except Exception as e:  # a broken scrape must say why, not hang up
                         log.exception("scrape failed")
                         self._send(500, f"scrape failed: {e}\n".encode(), "text/plain")
                         return
-                    self._send(200, body, CONTENT_TYPE)
+                    self._send(200, body, CONTENT_TYPE, {"Content-Encoding": "gzip"} if gzip else {})
                 elif path == "/healthz":
                     self._send(200, b"ok\n", "text/plain")
                 elif path == "/readyz":
@@ -58,14 +71,26 @@ class MetricsServer:
                 else:
                     self._send(404, b"not found\n", "text/plain")
 
-            def _send(self, code: int, body: bytes | list[bytes], ctype: str) -> None:
-                chunks = body if isinstance(body, list) else [body]
+            def _send(self, code: int, body: bytes | Body, ctype: str, headers: dict | None = None) -> None:
+                chunks = Body(chunks=[body]) if isinstance(body, bytes) else body
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(sum(map(len, chunks))))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                if ctype == CONTENT_TYPE:
+                    self.send_header("Vary", "Accept-Encoding")
+                self.send_header("Content-Length", str(chunks.size))
                 self.end_headers()
+                # A page is hundreds of pieces: a few large writes, not a syscall each.
+                batch, size = [], 0
                 for chunk in chunks:
-                    self.wfile.write(chunk)
+                    batch.append(chunk)
+                    size += len(chunk)
+                    if size >= 1 << 18:
+                        self.wfile.write(b"".join(batch))
+                        batch, size = [], 0
+                if batch:
+                    self.wfile.write(b"".join(batch))
 
             def log_message(self, fmt: str, *args) -> None:
                 log.debug("%s " + fmt, self.client_address[0], *args)

@@ -1,56 +1,206 @@
-"""/metrics: every podsight family rendered from one snapshot at scrape time."""
+"""/metrics: every podsight metric family rendered from one snapshot.
+
+The shape of client_python's collectors: each part of the page renders from
+the snapshot alone.  The per-workload families (most of a page: at a
+thousand pods, 57,000 series) are declared with their probe family
+(podsight.kernel.families) and rendered generically.  A scrape costs what
+changed: each counter map's label sets are spread over buckets, and a
+bucket's deflate stream is kept until a value in it changes, a label set
+joins it or one leaves it; label sets that keep changing gather in a bucket
+of their own.  Comparing a label set's values with the last scrape's is one
+tuple comparison, often an identity check.
+"""
 from __future__ import annotations
 
 import platform
+from typing import Callable, Iterable, Sequence
 
 from prometheus_client import generate_latest
 from prometheus_client.core import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
 from .. import __version__
-from ..kernel.layouts import HIST_CONNECT, HIST_SLOTS, HIST_SRTT, TcpCounters
-from ..reader.histograms import Buckets
+from ..kernel.family import CounterMap, Family, Metric
+from .histograms import Buckets
+from .page import Body, Piece
+from .snapshot import Snapshot
 from .textformat import LabelCache, Writer, escape
 
 __all__ = ["MetricsRenderer"]
 
-_T = {name: i for i, (name, _) in enumerate(TcpCounters._fields_)}
+Labels = tuple
+RowRenderer = Callable[[Iterable[tuple[Labels, Sequence[int]]], dict], str]
 
-# Microsecond base unit; buckets 16 us .. ~4.2 s, then +Inf.
-_US_BUCKETS = Buckets(1e-6, 4, 22)
-_HISTOGRAMS = {
-    str(HIST_SRTT): ("podsight_tcp_srtt_seconds", "Kernel smoothed RTT of the workload's TCP connections: one sample per connection per interval while it receives, and one as it closes."),
-    str(HIST_CONNECT): ("podsight_tcp_connect_duration_seconds", "Time from SYN sent to connection established, outbound."),
-}
+
+def _header(m: Metric) -> Piece:
+    full = f"{m.name}_total" if m.type == "counter" else m.name
+    return Piece(f"# HELP {full} {m.help}\n# TYPE {full} {m.type}\n".encode())
+
+
+def _rows(m: Metric, cmap: CounterMap, labels: LabelCache) -> RowRenderer:
+    """A function rendering ``m``'s samples for (key, values) rows of ``cmap``."""
+    if m.type == "histogram":
+        return _histogram_rows(m, cmap, labels)
+    name = f"{m.name}_total" if m.type == "counter" else m.name
+    idx = [cmap.index(f) for f in m.fields]
+    if m.key_label:
+        label, unnamed = m.key_label, cmap.unnamed
+        i = idx[0]
+
+        def keyed(rows, names):
+            return "".join([f'{name}{{{labels(k[:-1])},{label}="{escape(names.get(k[-1]) or unnamed.format(k[-1]))}"}} '
+                            f'{v[i]}\n' for k, v in rows])
+        return keyed
+    if m.derive is not None:
+        derive = m.derive
+
+        def derived(rows, _names):
+            return "".join([f"{name}{{{labels(k)}}} {derive(*(v[i] for i in idx))}\n" for k, v in rows])
+        return derived
+    if m.split:
+        heads = [f',{m.split}="{value}"}} ' for value in m.split_values]
+        pairs = list(zip(heads, idx))
+
+        def split(rows, _names):
+            return "".join(["".join([f"{name}{{{labels(k)}{h}{v[i]}\n" for h, i in pairs]) for k, v in rows])
+        return split
+    i = idx[0]
+
+    def single(rows, _names):
+        return "".join([f"{name}{{{labels(k)}}} {v[i]}\n" for k, v in rows])
+    return single
+
+
+def _histogram_rows(m: Metric, cmap: CounterMap, labels: LabelCache) -> RowRenderer:
+    buckets = Buckets(m.unit, *m.buckets)
+    slots = cmap.value.slots.size // 8
+    total = cmap.index("sum")
+    les = [f',le="{le}"}} ' for le in buckets.les]
+    name, select, unit = m.name, m.select, m.unit
+
+    def hist(rows, _names):
+        parts = []
+        for k, v in rows:
+            if cmap.paired and k[-1] != select:
+                continue
+            ls = labels(k[:-1] if cmap.paired else k)
+            counts = buckets.cumulative_counts(v[:slots])
+            head = f"{name}_bucket{{{ls}"
+            parts.append("".join([f"{head}{le}{n}\n" for le, n in zip(les, counts)]))
+            parts.append(f"{name}_sum{{{ls}}} {v[total] * unit!r}\n{name}_count{{{ls}}} {counts[-1]}\n")
+        return "".join(parts)
+    return hist
+
+
+class _MapPieces:
+    """One counter map's families, kept as text pieces between scrapes.
+
+    Label sets live in ``COLD`` buckets by hash, plus one *hot* bucket: a
+    label set whose values change moves to the hot bucket, and back to its
+    cold one after ``COOL`` scrapes without a change.  The busy workloads of
+    a node (they are busy scrape after scrape) gather in the hot bucket, so
+    a scrape re-renders and re-compresses them and leaves everything else
+    as it was.
+    """
+
+    COLD = 32   # a power of two
+    COOL = 3    # unchanged scrapes before a hot label set goes back to its cold bucket
+
+    def __init__(self, cmap: CounterMap, metrics: list[Metric], labels: LabelCache):
+        self.map = cmap
+        self.headers = [_header(m) for m in metrics]
+        self.renderers = [_rows(m, cmap, labels) for m in metrics]
+        self.hot = self.COLD                                             # index of the hot bucket
+        self.rows: dict = {}                                             # label set → values
+        self.where: dict = {}                                            # label set → bucket
+        self.members: list[dict] = [{} for _ in range(self.COLD + 1)]    # bucket → its label sets, in order
+        self.idle: dict = {}                                             # hot label set → scrapes unchanged
+        self.pieces = [[Piece(b"")] * (self.COLD + 1) for _ in metrics]
+
+    def _move(self, key, to: int, dirty: set) -> None:
+        b = self.where.get(key)
+        if b is not None:
+            del self.members[b][key]
+            dirty.add(b)
+        self.members[to][key] = None
+        self.where[key] = to
+        dirty.add(to)
+
+    def update(self, series: dict, names: dict) -> None:
+        rows, where, idle, hot, dirty, changed = self.rows, self.where, self.idle, self.hot, set(), set()
+        for key, vals in series.items():
+            old = rows.get(key)
+            if old is vals or old == vals:
+                continue
+            rows[key] = vals
+            if old is None:  # a new label set: a row like any other
+                self._move(key, hash(key) & (self.COLD - 1), dirty)
+            else:
+                changed.add(key)
+                idle[key] = 0
+                if where[key] != hot:
+                    self._move(key, hot, dirty)
+                else:
+                    dirty.add(hot)
+        if len(rows) > len(series):  # label sets gone since the last scrape
+            for key in [k for k in rows if k not in series]:
+                del rows[key]
+                idle.pop(key, None)
+                dirty.add(where[key])
+                del self.members[where.pop(key)][key]
+        for key in [k for k in self.members[hot] if k not in changed]:
+            idle[key] += 1
+            if idle[key] >= self.COOL:
+                del idle[key]
+                self._move(key, hash(key) & (self.COLD - 1), dirty)
+        for b in dirty:
+            items = [(k, rows[k]) for k in self.members[b]]
+            for pieces, render in zip(self.pieces, self.renderers):
+                pieces[b] = Piece(render(items, names).encode())
+
+    def page(self) -> Iterable[Piece]:
+        for header, pieces in zip(self.headers, self.pieces):
+            yield header
+            yield from pieces
 
 
 class MetricsRenderer:
-    def __init__(self, agent, runtime=None):
-        self.agent = agent
-        self.runtime = runtime
-        names = agent.labeler.names
-        self.labels = LabelCache(names)
-        self.drop_labels = LabelCache(names + ("reason",))
+    """Renders snapshots of one agent: ``families`` are those it runs."""
+
+    def __init__(self, label_names: Sequence[str], families: Sequence[Family]):
+        self.labels = LabelCache(label_names)
+        self.maps: list[_MapPieces] = []
+        for f in families:
+            for cmap in f.counters:
+                metrics = [m for m in f.metrics if m.map == cmap.name]
+                self.maps.append(_MapPieces(cmap, metrics, self.labels))
         self.process = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.process)
 
-    def render(self) -> list[bytes]:
-        """The page as chunks: at a thousand pods it is megabytes, not worth copying again to join."""
-        agent = self.agent
-        snap = agent.snapshot()
-        node = escape(agent.node)
-        w = Writer()
+    def render(self, snap: Snapshot, gzip: bool = False) -> Body:
+        """The page, gzip-encoded when ``gzip``; its bytes are made as they are
+        written (megabytes at a thousand pods: never joined)."""
+        pieces = [Piece(self._agent_families(snap).encode())]
+        for mp in self.maps:
+            mp.update(snap.series.get(mp.map.name, {}), snap.key_names.get(mp.map.name, {}))
+            pieces.extend(mp.page())
+        pieces.append(Piece(generate_latest(self.process)))
+        return Body.gzip(pieces) if gzip else Body(pieces)
 
+    @staticmethod
+    def _agent_families(snap: Snapshot) -> str:
+        """The agent's own families: few series, rendered afresh each scrape."""
+        node = escape(snap.node)
+        w = Writer()
         w.family("podsight_build_info", "gauge", "podsight build information; value is always 1.")
         w.sample("podsight_build_info",
                  f'version="{__version__}",python_version="{platform.python_version()}",node="{node}"', 1)
         w.family("podsight_probe_up", "gauge", "1 if the probe (or probe part) is attached on this kernel, 0 if unavailable.")
         for probe, ok in sorted(snap.probes.items()):
             w.sample("podsight_probe_up", f'probe="{probe}",node="{node}"', int(ok))
-        api = self.runtime.kubernetes_api_up() if self.runtime is not None else None
-        if api is not None:
+        if snap.kubernetes_api_up is not None:
             w.family("podsight_kubernetes_api_up", "gauge", "1 if the pod watch on the Kubernetes API is healthy.")
-            w.sample("podsight_kubernetes_api_up", f'node="{node}"', api)
+            w.sample("podsight_kubernetes_api_up", f'node="{node}"', int(snap.kubernetes_api_up))
         w.family("podsight_bpf_map_entries", "gauge", "Entries in a BPF map, read at scrape time.")
         for name, n in sorted(snap.map_entries.items()):
             w.sample("podsight_bpf_map_entries", f'map="{name}",node="{node}"', n)
@@ -61,83 +211,15 @@ class MetricsRenderer:
             w.family("podsight_bpf_program_run_seconds", "counter", "Time spent in each podsight BPF program (kernel BPF stats).")
             w.samples("podsight_bpf_program_run_seconds_total",
                       ((f'program="{p}",node="{node}"', st.run_time_ns / 1e9) for p, st in sorted(snap.programs.items())))
-        self._security(w, snap, node)
-
-        net = snap.series.get("network_traffic", {})
-        self._directional(w, net, "podsight_network_bytes",
-                          "Bytes at the IP layer through sockets of the workload, by direction.", 0, 2)
-        self._directional(w, net, "podsight_network_packets",
-                          "Packets (GSO segments counted one by one) through sockets of the workload.", 1, 3)
-        self._tcp(w, snap.series.get("tcp_stats", {}))
-        self._histograms(w, snap.series.get("tcp_histograms", {}))
-        w.family("podsight_network_drops", "counter", "Packets the kernel dropped, by its drop reason (skb:kfree_skb), "
-                 "less probes.tcp.ignored_drop_reasons.")
-        w.samples("podsight_network_drops_total",
-                  ((self.drop_labels(labels), v[0]) for labels, v in snap.series.get("network_drops", {}).items()))
-        return [w.text().encode(), generate_latest(self.process)]
-
-    def _security(self, w: Writer, snap, node: str) -> None:
-        sink = getattr(self.runtime, "sink", None)
-        if sink is not None:
+        sec = snap.security
+        if sec is not None:
             w.family("podsight_security_events", "counter", "Security rule matches, by rule, severity and namespace.")
-            for (rule, severity, namespace), n in sorted(sink.counts().items()):
+            for (rule, severity, namespace), n in sorted(sec.matches.items()):
                 w.sample("podsight_security_events_total",
                          f'rule="{escape(rule)}",severity="{severity}",namespace="{escape(namespace)}",node="{node}"', n)
-        drops = {**snap.event_drops, **(sink.dropped() if sink is not None else {})}
-        if drops:
-            w.family("podsight_events_dropped", "counter",
-                     "Security events not delivered, by reason and event kind (every drop is counted).")
-            for (reason, kind), n in sorted(drops.items()):
-                w.sample("podsight_events_dropped_total", f'reason="{reason}",event="{kind}",node="{node}"', n)
-
-    def _directional(self, w: Writer, data, metric: str, help_text: str, ingress: int, egress: int) -> None:
-        w.family(metric, "counter", help_text)
-        name = metric + "_total"
-        parts = w.parts
-        for labels, vals in data.items():
-            ls = self.labels(labels)
-            parts.append(f'{name}{{{ls},direction="ingress"}} {vals[ingress]}\n'
-                         f'{name}{{{ls},direction="egress"}} {vals[egress]}\n')
-
-    def _tcp(self, w: Writer, data) -> None:
-        rows = [(self.labels(labels), v) for labels, v in data.items()]
-        oo, oi, fo, fi, cl = (_T[k] for k in ("opened_outbound", "opened_inbound", "failed_outbound", "failed_inbound", "closed"))
-        rt, rs, rr = _T["retransmits"], _T["resets_sent"], _T["resets_received"]
-        parts = w.parts
-
-        def directional(metric, help_text, a, b, da, db):
-            w.family(metric, "counter", help_text)
-            parts.extend(f'{metric}_total{{{ls},direction="{da}"}} {v[a]}\n'
-                         f'{metric}_total{{{ls},direction="{db}"}} {v[b]}\n' for ls, v in rows)
-
-        directional("podsight_tcp_connections_opened", "TCP connections established, by who opened them.",
-                    oo, oi, "outbound", "inbound")
-        directional("podsight_tcp_connections_failed",
-                    "TCP handshakes that never completed (refused, reset, timed out).", fo, fi, "outbound", "inbound")
-        w.family("podsight_tcp_connections_closed", "counter",
-                 "Established TCP connections that closed (opened while the agent ran).")
-        w.samples("podsight_tcp_connections_closed_total", ((ls, v[cl]) for ls, v in rows))
-        w.family("podsight_tcp_connections_active", "gauge",
-                 "TCP connections established and not yet closed (since the agent started).")
-        w.samples("podsight_tcp_connections_active", ((ls, max(0, v[oo] + v[oi] - v[cl])) for ls, v in rows))
-        w.family("podsight_tcp_retransmits", "counter", "TCP segments retransmitted (as the kernel counts TcpRetransSegs).")
-        w.samples("podsight_tcp_retransmits_total", ((ls, v[rt]) for ls, v in rows))
-        directional("podsight_tcp_resets", "TCP resets sent or received on the workload's sockets.",
-                    rs, rr, "sent", "received")
-
-    def _histograms(self, w: Writer, data) -> None:
-        by_kind: dict[str, list] = {kind: [] for kind in _HISTOGRAMS}
-        for labels, vals in data.items():
-            rows = by_kind.get(labels[-1])
-            if rows is not None:
-                rows.append((self.labels(labels[:-1]), vals))
-        les = [f',le="{le}"}} ' for le in _US_BUCKETS.les]
-        parts = w.parts
-        for kind, (metric, help_text) in _HISTOGRAMS.items():
-            w.family(metric, "histogram", help_text)
-            for ls, vals in by_kind[kind]:
-                counts = _US_BUCKETS.cumulative_counts(vals[:HIST_SLOTS])  # vals[HIST_SLOTS] is the sum
-                head = f"{metric}_bucket{{{ls}"
-                parts.append("".join([f"{head}{le}{n}\n" for le, n in zip(les, counts)]))
-                parts.append(f"{metric}_sum{{{ls}}} {vals[HIST_SLOTS] * 1e-6!r}\n"
-                             f"{metric}_count{{{ls}}} {counts[-1]}\n")
+            if sec.drops:
+                w.family("podsight_events_dropped", "counter",
+                         "Security events not delivered, by reason and event kind (every drop is counted).")
+                for (reason, kind), n in sorted(sec.drops.items()):
+                    w.sample("podsight_events_dropped_total", f'reason="{reason}",event="{kind}",node="{node}"', n)
+        return w.text()

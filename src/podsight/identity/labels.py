@@ -23,6 +23,8 @@ class PodSource(Protocol):
 
     def pod_by_container(self, container_id: str): ...
 
+    def subscribe(self, listener) -> None: ...
+
 
 def sanitize_label(key: str) -> str:
     """A Kubernetes label key as a Prometheus label name, the kube-state-metrics way."""
@@ -45,6 +47,8 @@ class Labeler:
         self._extra = len(names) - 5
         self._cache: dict[CgroupIdentity, tuple[str, ...]] = {}
         self._lock = threading.Lock()
+        if pods is not None:
+            pods.subscribe(self.invalidate)
 
     def invalidate(self) -> None:
         """Pod metadata changed: recompute label values on next use."""

@@ -212,7 +212,7 @@ class PodWatcher:
             raise ValueError("node_name: expected a node name, got an empty string")
         self.node_name = node_name
         self.backoff_max = backoff_max
-        self._on_change = on_change
+        self._listeners: list[Callable[[], None]] = [on_change] if on_change is not None else []
         # Raises KubeConfigError for a missing or broken kubeconfig: a
         # configuration mistake should stop the agent; an unreachable API not.
         self._config = load_client_config(kubeconfig, in_cluster, service_account_dir)
@@ -442,10 +442,13 @@ class PodWatcher:
                 return
         self._changed()
 
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (from the watch thread) whenever pod metadata changes."""
+        self._listeners.append(listener)
+
     def _changed(self) -> None:
-        if self._on_change is None:
-            return
-        try:
-            self._on_change()
-        except Exception:  # noqa: BLE001 - a listener bug must not stop the watch
-            log.exception("pod change listener failed")
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # noqa: BLE001 - a listener bug must not stop the watch
+                log.exception("pod change listener failed")

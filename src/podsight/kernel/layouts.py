@@ -13,6 +13,8 @@ __all__ = [
     "HIST_SLOTS",
     "HIST_SRTT",
     "HIST_CONNECT",
+    "HIST_KINDS",
+    "DropCount",
     "NetCounters",
     "TcpCounters",
     "HistKey",
@@ -40,12 +42,12 @@ __all__ = [
     "CLAUSE_READ",
     "CLAUSE_WRITE",
     "SEC_ARGS_LEN",
-    "MIRRORED",
 ]
 
 HIST_SLOTS = 32
 HIST_SRTT = 0
 HIST_CONNECT = 1
+HIST_KINDS = ("srtt", "connect")  # enum hist_kind, by value
 
 
 class NetCounters(ctypes.Structure):
@@ -80,6 +82,12 @@ class Hist(ctypes.Structure):
 
 class DropKey(ctypes.Structure):
     _fields_ = [("cgroup_id", c_uint64), ("reason", c_uint32), ("pad", c_uint32)]
+
+
+class DropCount(ctypes.Structure):
+    """Value of network_drops: a bare __u64 in C (no struct to mirror)."""
+
+    _fields_ = [("count", c_uint64)]
 
 
 DROP_REASON_WORDS = 4
@@ -173,20 +181,3 @@ class SecurityConfig(ctypes.Structure):
 
 class PodRoot(ctypes.Structure):
     _fields_ = [("cgroup_id", c_uint64), ("level", c_uint32), ("pad", c_uint32)]
-
-
-# C struct name → mirror, for the layout test.
-MIRRORED = {
-    "net_counters": NetCounters,
-    "tcp_counters": TcpCounters,
-    "hist_key": HistKey,
-    "hist": Hist,
-    "drop_key": DropKey,
-    "tcp_config": TcpConfig,
-    "security_event": SecurityEvent,
-    "security_config": SecurityConfig,
-    "sec_clause": SecClause,
-    "sec_match_path": SecMatchPath,
-    "sec_match_comm": SecMatchComm,
-    "pod_root": PodRoot,
-}

@@ -66,12 +66,15 @@ class Map:
         self._stride = (self.value_size + 7) & ~7
         self.ncpu = possible_cpus() if self.percpu else 1  # value slots per entry
         self._batch_ok = True
+        self._buffers = None  # batch lookup buffers, made on first use and kept
 
     def _value_buf_size(self, n: int) -> int:
         return n * (self._stride * self.ncpu if self.percpu else self.value_size)
 
-    def batches(self) -> Iterator[tuple[bytes, bytes, int]]:
-        """(keys, values, n): raw buffers of ``n`` entries each.
+    def batches(self) -> Iterator[tuple[bytes | memoryview, bytes | memoryview, int]]:
+        """(keys, values, n): raw buffers of ``n`` entries each, valid until
+        the next batch is asked for (the buffers are reused: at a thousand
+        pods they are half a megabyte, read every scrape).
 
         A per-CPU entry's value is ``ncpu`` slots of ``stride`` bytes, CPU by
         CPU.  Batch lookups where the kernel allows them, else one key at a time.
@@ -94,9 +97,12 @@ class Map:
         s = self._stride
         return [raw[i * s : i * s + self.value_size] for i in range(self.ncpu)]
 
-    def _batches(self) -> Iterator[tuple[bytes, bytes, int]]:
-        keys = ctypes.create_string_buffer(self.key_size * _BATCH)
-        vals = ctypes.create_string_buffer(self._value_buf_size(_BATCH))
+    def _batches(self) -> Iterator[tuple[memoryview, memoryview, int]]:
+        if self._buffers is None:
+            self._buffers = (ctypes.create_string_buffer(self.key_size * _BATCH),
+                             ctypes.create_string_buffer(self._value_buf_size(_BATCH)))
+        keys, vals = self._buffers
+        kview, vview = memoryview(keys).cast("B"), memoryview(vals).cast("B")
         token_in = ctypes.create_string_buffer(max(self.key_size, 8))
         token_out = ctypes.create_string_buffer(max(self.key_size, 8))
         count = ctypes.c_uint32()
@@ -111,7 +117,7 @@ class Map:
                 check_int("bpf_map_lookup_batch", ret, self.name)
             n = count.value
             if n:
-                yield keys.raw[: n * self.key_size], vals.raw[: self._value_buf_size(n)], n
+                yield kview[: n * self.key_size], vview[: self._value_buf_size(n)], n
             if done:
                 return
             ctypes.memmove(token_in, token_out, len(token_out))
@@ -195,6 +201,15 @@ class BpfObject:
 
     def program_names(self) -> list[str]:
         return [n for n, _ in self._programs()]
+
+    def sections(self) -> dict[str, str]:
+        """program → ELF section (``tracepoint/tcp/tcp_retransmit_skb``, ``cgroup_skb/egress`` ...)."""
+        return {n: lib.bpf_program__section_name(p).decode() for n, p in self._programs()}
+
+    def map_specs(self) -> dict[str, tuple[int, int, int]]:
+        """map → (type, key size, value size) as compiled."""
+        return {n: (lib.bpf_map__type(m), lib.bpf_map__key_size(m), lib.bpf_map__value_size(m))
+                for n, m in self._map_ptrs()}
 
     def set_config(self, value: ctypes.Structure) -> None:
         """Set the object's ``const volatile`` config struct.

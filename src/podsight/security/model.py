@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..kernel.layouts import SEC_KINDS
+
 __all__ = ["EVENT_KINDS", "IDENTITY_KEYS", "RawEvent", "host_identity"]
 
 # One kind per family of syscalls; the loader folds variants together
 # (execve/execveat/sched_process_exec → exec, open/creat/openat/openat2 → open,
 # chmod/fchmod/fchmodat/fchmodat2 → chmod) and names the real one in ``syscall``.
-EVENT_KINDS = ("exec", "open", "chmod", "ptrace", "connect")
+EVENT_KINDS = SEC_KINDS  # enum sec_kind, by value (bpf/podsight.h)
 
 # Keys of the identity mapping.  Host processes: in_pod False, names empty.
 IDENTITY_KEYS = (

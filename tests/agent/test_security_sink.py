@@ -1,4 +1,4 @@
-"""The security event sink: batched JSON lines, counters that move with them,
+"""The security pipeline's sink: batched JSON lines, counters that move with them,
 identities and exe paths reused only briefly.  Pure: a fake /proc and clock."""
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import os
 
 import pytest
 
-from podsight.exporters.events import EventSink, ProcessInfo
+from podsight.agent.security import EventSink
+from podsight.exporters.event_output import EventOutput
+from podsight.identity.processes import ProcessInfo
 from podsight.security import DEFAULT_RULES_PATH, RawEvent, load_rules
 from tests.support.clock import Clock
 
@@ -42,8 +44,7 @@ def sink_with(proc_root, identity_of=None, clock=None):
     out = io.StringIO()
     clock = clock or Clock()
     sink = EventSink(RULES, identity_of or (lambda cid: dict(POD)), ProcessInfo(proc_root, clock=clock),
-                     stdout=False, clock=clock)
-    sink._outs.append(out)
+                     EventOutput([out]), clock=clock)
     return sink, out
 
 
@@ -148,7 +149,7 @@ def test_a_broken_output_does_not_stop_the_others(proc):
     sink, out = sink_with(proc.root)
     broken = io.StringIO()
     broken.close()
-    sink._outs.insert(0, broken)
+    sink.output.streams.insert(0, broken)
     sink.handle(shadow())
     sink.flush()
     assert len(out.getvalue().splitlines()) == 1

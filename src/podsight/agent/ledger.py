@@ -8,6 +8,7 @@ for good (a deleted pod after its grace period).
 """
 from __future__ import annotations
 
+from operator import add
 from typing import Callable, Hashable, Mapping
 
 __all__ = ["Ledger"]
@@ -18,35 +19,33 @@ Labels = tuple[str, ...]
 class Ledger:
     def __init__(self, width: int):
         self.width = width
-        self.retired: dict[Labels, list[int]] = {}
+        self.retired: dict[Labels, tuple[int, ...]] = {}
 
     def aggregate(
         self,
         current: Mapping[Hashable, tuple[int, ...]],
         label_of: Callable[[Hashable], Labels | None],
-    ) -> dict[Labels, list[int]]:
+    ) -> dict[Labels, tuple[int, ...]]:
         """Sum ``current`` by label set, on top of what retired entries left.
 
         ``label_of`` returns None for entries to hold back this time (not yet
         resolved); their counts stay in the kernel map and show up later.
+        A label set fed by one entry alone gets that entry's tuple itself: an
+        unchanged entry stays the same object, which the renderer compares
+        cheaply.
         """
-        out = {labels: list(vals) for labels, vals in self.retired.items()}
+        out = dict(self.retired)
         for key, vals in current.items():
             labels = label_of(key)
             if labels is None:
                 continue
             acc = out.get(labels)
-            if acc is None:
-                out[labels] = list(vals)
-            else:
-                for i, v in enumerate(vals):
-                    acc[i] += v
+            out[labels] = vals if acc is None else tuple(map(add, acc, vals))
         return out
 
     def retire(self, labels: Labels, vals: tuple[int, ...]) -> None:
-        acc = self.retired.setdefault(labels, [0] * self.width)
-        for i, v in enumerate(vals):
-            acc[i] += v
+        acc = self.retired.get(labels)
+        self.retired[labels] = tuple(vals) if acc is None else tuple(map(add, acc, vals))
 
     def forget(self, labels: Labels) -> None:
         self.retired.pop(labels, None)

@@ -1,5 +1,6 @@
-"""Security events out: rule matching, JSON lines, and the counters behind
-``podsight_security_events_total``.
+"""The security event path, one pipeline: the kernel's ring buffer (reader
+thread) → who the cgroup is (the identity service the metrics share) →
+rules → JSON lines out, and the counts ``/metrics`` shows.
 
 When every event matches (a pod flooding a watched file) each one pays for
 its JSON line, so the per-event work is kept to what differs between events:
@@ -11,78 +12,27 @@ line).
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import threading
 import time
-from collections import OrderedDict
-from typing import Callable, Mapping, TextIO
+from typing import Callable, Mapping
 
+from ..config import Config
+from ..exporters.event_output import EventOutput
+from ..exporters.snapshot import SecurityCounts
+from ..identity.node import NodeIdentity
+from ..identity.processes import ProcessInfo
+from ..kernel.families.security import SecurityProbe
+from ..reader.events import EventReader
 from ..security.aggregate import EMIT, LIMITED, Aggregator
 from ..security.events import IdentityPart, event_line
 from ..security.fields import EventView, normalize_path
+from ..security.kernel_filter import kernel_filter
 from ..security.model import RawEvent
 from ..security.rules import RuleSet
 
-__all__ = ["EventSink", "ProcessInfo"]
+__all__ = ["EventSink", "SecurityPipeline"]
 
 log = logging.getLogger("podsight.security")
-
-
-class ProcessInfo:
-    """exe and cwd of a pid: remembered from exec events, else read from /proc.
-
-    /proc is read only when an event needs it (non-exec events, relative
-    paths); a process that already exited leaves the field empty.  An exe
-    read from /proc is reused for ``ttl`` seconds for the same pid *and*
-    comm: exec changes the comm, and the kernel filter may drop the exec
-    itself, so a process that runs another program is read afresh.  cwd is
-    never reused: a chdir between two relative opens must not misplace the
-    second path.
-    """
-
-    def __init__(self, proc_root: str = "/proc", size: int = 4096, ttl: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic):
-        self.proc_root = proc_root
-        self.ttl = ttl
-        self._clock = clock
-        self._exe: OrderedDict[int, tuple[str, str]] = OrderedDict()  # pid → (comm, exe) from exec events
-        self._read: dict[tuple[int, str], tuple[float, str]] = {}     # (pid, comm) → (until, exe) from /proc
-        self._size = size
-
-    def remember_exec(self, pid: int, exe: str, comm: str = "") -> None:
-        self._exe[pid] = (comm, exe)
-        self._exe.move_to_end(pid)
-        if len(self._exe) > self._size:
-            self._exe.popitem(last=False)
-
-    def exe(self, pid: int, comm: str | None = None) -> str:
-        """``comm`` None: whatever is known for the pid, without the comm check."""
-        known = self._exe.get(pid)
-        if known is not None and (comm is None or known[0] == comm):
-            return known[1]
-        key = (pid, comm or "")
-        now = self._clock()
-        hit = self._read.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        # Gone from /proc: the last exec we saw is the best we know.
-        exe = self._link(pid, "exe") or (known[1] if known is not None else "")
-        if len(self._read) >= self._size:
-            self._read = {k: v for k, v in self._read.items() if v[0] > now}
-            if len(self._read) >= self._size:
-                self._read.clear()
-        self._read[key] = (now + self.ttl, exe)
-        return exe
-
-    def cwd(self, pid: int) -> str:
-        return self._link(pid, "cwd")
-
-    def _link(self, pid: int, what: str) -> str:
-        try:
-            return os.readlink(f"{self.proc_root}/{pid}/{what}")
-        except OSError:
-            return ""
 
 
 def _target(ev: RawEvent, view: EventView) -> object:
@@ -115,21 +65,15 @@ class EventSink:
         rules: RuleSet,
         identity_of: Callable[[int], Mapping[str, object]],
         proc: ProcessInfo,
-        stdout: bool = True,
-        file: str = "",
+        output: EventOutput,
         clock: Callable[[], float] = time.monotonic,
         aggregator: Aggregator | None = None,
     ):
         self.rules = rules
         self.identity_of = identity_of
         self.proc = proc
+        self.output = output
         self._clock = clock
-        self._outs: list[TextIO] = []
-        if stdout:
-            self._outs.append(sys.stdout)
-        self._file = open(file, "a", buffering=1) if file else None
-        if self._file is not None:
-            self._outs.append(self._file)
         self._lock = threading.Lock()
         self.aggregator = aggregator or Aggregator(window=0, max_lines=1)
         self.matches: dict[tuple[str, str, str], int] = {}
@@ -195,12 +139,8 @@ class EventSink:
         with self._lock:
             for key, n in pending.items():
                 self.matches[key] = self.matches.get(key, 0) + n
-            for out in self._outs if text else ():
-                try:
-                    out.write(text)
-                    out.flush()
-                except (OSError, ValueError) as e:  # a closed or full output must not stop the others
-                    log.error("cannot write security events: %s", e)
+            if text:
+                self.output.write(text)
 
     def counts(self) -> dict[tuple[str, str, str], int]:
         with self._lock:
@@ -212,5 +152,47 @@ class EventSink:
 
     def close(self) -> None:
         self.flush(now=float("inf"))  # open windows: their summaries now
-        if self._file is not None:
-            self._file.close()
+        self.output.close()
+
+
+class SecurityPipeline:
+    """Owns the security probe, its ring-buffer reader thread and the sink.
+
+    Made before anything is attached (a rules file that does not compile, or
+    an output file that cannot be opened, stops the agent there: the caller
+    loads the rules and opens the output first); ``start()`` runs after the
+    probe is attached.
+    """
+
+    def __init__(self, cfg: Config, rules: RuleSet, identity: NodeIdentity, output: EventOutput):
+        agg = cfg.security.output.aggregate
+        self.identity = identity
+        self.sink = EventSink(rules, identity.describe, ProcessInfo(cfg.security.proc_root), output,
+                              aggregator=Aggregator(agg.window, agg.max_lines))
+        self.probe = SecurityProbe(kernel_filter(rules))
+        self.reader: EventReader | None = None
+
+    def start(self) -> None:
+        """After the probe's start: nothing to read from a probe that is down."""
+        probe = self.probe
+        if not probe.up:
+            return
+        self.refresh_pod_roots()
+        self.reader = EventReader(probe.obj.maps["security_events"].fd, self.sink.handle, self.sink.flush)
+        self.reader.start()
+
+    def refresh_pod_roots(self) -> None:
+        """The kubelet's top cgroups, for the kernel's "in a pod?" test (they may appear after us)."""
+        self.probe.set_pod_roots(self.identity.pod_roots())
+
+    def counts(self) -> SecurityCounts:
+        """Matches and every loss, the kernel's and ours, for one snapshot."""
+        return SecurityCounts(self.sink.counts(), {**self.probe.drops(), **self.sink.dropped()})
+
+    def stop(self) -> None:
+        """Before the probe stops: the reader must not poll a freed ring buffer."""
+        if self.reader is not None:
+            self.reader.stop()
+
+    def close(self) -> None:
+        self.sink.close()

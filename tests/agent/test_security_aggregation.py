@@ -8,7 +8,9 @@ import json
 import jsonschema
 import pytest
 
-from podsight.exporters.events import EventSink, ProcessInfo
+from podsight.agent.security import EventSink
+from podsight.exporters.event_output import EventOutput
+from podsight.identity.processes import ProcessInfo
 from podsight.security import DEFAULT_RULES_PATH, load_rules
 from podsight.security.aggregate import EMIT, LIMITED, REPEAT, Aggregator
 from podsight.security.events import SCHEMA_PATH
@@ -59,9 +61,8 @@ def test_no_room_to_remember_writes_rather_than_loses():
 
 def _sink(clock):
     out = io.StringIO()
-    sink = EventSink(RULES, lambda cid: dict(POD), ProcessInfo("/nonexistent", clock=clock), stdout=False,
+    sink = EventSink(RULES, lambda cid: dict(POD), ProcessInfo("/nonexistent", clock=clock), EventOutput([out]),
                      clock=clock, aggregator=Aggregator(window=10, max_lines=3))
-    sink._outs.append(out)
     return sink, out
 
 

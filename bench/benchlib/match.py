@@ -1,7 +1,7 @@
 """Benchmark: security events matched (and matches rendered to JSON) per
 second on one core, on pre-built RawEvents.
 
-    python -m podsight.security.bench [N]
+    .venv/bin/python bench/benchlib/match.py [N]
 
 The mix is mostly events no default rule matches (as on a real node, after
 the kernel's cheap filters), plus a share of matches that go through
@@ -15,10 +15,10 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from .events import event_json
-from .fields import EventView
-from .model import RawEvent
-from .rules import DEFAULT_RULES_PATH, RuleSet, load_rules
+from podsight.security.events import event_json
+from podsight.security.fields import EventView
+from podsight.security.model import RawEvent
+from podsight.security.rules import DEFAULT_RULES_PATH, RuleSet, load_rules
 
 __all__ = ["bench_decode_match", "sample_events"]
 

@@ -1,0 +1,35 @@
+"""The floor: a bench object's programs (bench/bpf/*.bpf.c) on podsight's hooks.
+
+Shared by the off/on/floor rounds (ab) and the kernel's own accounting
+(kernel_cost); it imports no other benchlib module, so neither has to import
+the other.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from podsight.kernel import mounts
+from podsight.kernel.loader import BpfObject
+
+__all__ = ["floor_programs", "CGROUP_SKB"]
+
+# Programs of bench/bpf/*.bpf.c attached to a cgroup (the rest attach by their tracepoint section).
+CGROUP_SKB = {"empty_ingress", "empty_egress", "v1_cgroup_id", "v2_hash_lookup", "v3_plain_add",
+              "v4_atomic_add", "v5_array_add", "v6_sk_plain", "v7_sk_atomic", "v8_sk_atomic_in",
+              "v9_cg_storage", "v9_cg_storage_in", "v10_cg_no_segs_in"}
+
+
+@contextlib.contextmanager
+def floor_programs(obj_dir, name: str = "empty", only: tuple[str, ...] | None = None):
+    """A bench object's programs on the same hooks (cgroup_skb ones on the cgroup2 root); name → fd."""
+    root = mounts.cgroup2_root()
+    with BpfObject(name, directory=obj_dir) as obj:
+        obj.load()
+        progs = [p for p in obj.program_names() if only is None or p in only]
+        for prog in progs:
+            if prog in CGROUP_SKB:
+                obj.attach_cgroup(prog, root)
+            else:
+                obj.attach(prog)
+        fds = obj.loaded_programs()
+        yield {p: fds[p] for p in progs}

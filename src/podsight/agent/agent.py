@@ -1,0 +1,147 @@
+"""The running agent: probes attached, their periodic work driven, and one
+consistent snapshot per scrape.
+
+Everything is handed in by the caller (podsight.runtime), which checks
+everything that can fail on input (config, rule files) before
+``Agent.start()`` attaches a single program.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from ..exporters.snapshot import Snapshot
+from ..identity.node import NodeIdentity
+from ..kernel.families import COUNTER_FAMILIES
+from ..kernel.probes import Probe, ProgramStats
+from .bpf_stats import BpfStats
+from .counters import CounterSeries, Source
+from .security import SecurityPipeline
+
+__all__ = ["Agent"]
+
+log = logging.getLogger("podsight.agent")
+
+
+class Agent:
+    def __init__(self, identity: NodeIdentity, probes: list[Probe], *, cgroup_root: str, cfg,
+                 security: SecurityPipeline | None = None):
+        self.cfg = cfg
+        self.identity = identity
+        self.cgroup_root = cgroup_root
+        self.probes: dict[str, Probe] = {p.name: p for p in probes}
+        self.security = security
+        if security is not None:
+            self.probes[security.probe.name] = security.probe
+        # The declared counter maps of the probes we run (podsight.kernel.families).
+        self.counters = CounterSeries(identity, [
+            Source(self.probes[f.name], cmap) for f in COUNTER_FAMILIES if f.name in self.probes for cmap in f.counters
+        ])
+        self.bpf_stats = BpfStats(cfg.bpf_stats)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.started = False
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> None:
+        self.bpf_stats.enable()
+        self.identity.resolver.scan()
+        for probe in self.probes.values():
+            probe.start(self.cfg, self.cgroup_root)
+        if self.security is not None:
+            self.security.start()
+        for target, name in ((self._gc_loop, "podsight-gc"), (self._sample_loop, "podsight-sample")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        self.started = True
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=1.0)
+        if self.security is not None:
+            self.security.stop()
+        with self._lock:  # no scrape or sample may touch an object being closed
+            for probe in self.probes.values():
+                probe.stop()
+        self.bpf_stats.disable()
+        if self.security is not None:
+            self.security.close()
+
+    def probes_down(self) -> list[str]:
+        return [name for name, p in self.probes.items() if not p.up]
+
+    # -- snapshot ----------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            series, entries = self.counters.read()
+            probes: dict[str, bool] = {}
+            for p in self.probes.values():
+                probes.update(p.status())
+            return Snapshot(
+                node=self.identity.node,
+                label_names=self.identity.label_names,
+                series=series,
+                key_names={s.map.name: s.probe.key_names(s.map.name) for s in self.counters.sources if s.map.paired},
+                map_entries=entries,
+                probes=probes,
+                programs=self._program_stats(),
+                kubernetes_api_up=self.identity.kubernetes_api_up,
+                security=self.security.counts() if self.security is not None else None,
+            )
+
+    def _program_stats(self) -> dict[str, ProgramStats]:
+        out: dict[str, ProgramStats] = {}
+        for p in self.probes.values():
+            if p.obj is not None:
+                out.update(self.bpf_stats.read(p.obj.loaded_programs()))
+        return out
+
+    # -- background work ---------------------------------------------------
+    def _sample_loop(self) -> None:
+        """Drive the probes' periodic in-kernel work (the TCP RTT sampler)."""
+        probes = [p for p in self.probes.values() if p.up and p.sample_interval > 0]
+        if not probes:
+            return
+        interval = min(p.sample_interval for p in probes)
+        while not self._stop.wait(interval):
+            with self._lock:
+                for p in probes:
+                    try:
+                        p.sample()
+                    except OSError as e:
+                        log.warning("probe %s: sampling failed: %s", p.name, e)
+
+    def _gc_loop(self) -> None:
+        # Only cgroups that are gone are looked for here (new ones are found
+        # on demand at scrape time), with a stat per known cgroup, not a walk:
+        # at idle this is the agent's main cost on a node with many pods.
+        # Until the kubelet's top directories exist (an agent started before
+        # the kubelet), walk: the security probe needs them as pod roots.
+        resolver = self.identity.resolver
+        interval = max(self.cfg.rescan_interval, 0.5) * 5
+        while not self._stop.wait(interval):
+            try:
+                if resolver.pod_roots():
+                    resolver.sweep()
+                else:
+                    resolver.scan()
+                self.collect_garbage()
+                if self.security is not None:
+                    self.security.refresh_pod_roots()
+            except Exception:  # keep exporting whatever happens here
+                log.exception("garbage collection failed")
+
+    def collect_garbage(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        grace = self.cfg.kubernetes.grace_period
+        with self._lock:
+            self.counters.collect_garbage(now, grace)
+            pods = self.identity.pods
+            if pods is not None:
+                for uid, when in pods.deleted().items():
+                    if now - when >= grace:
+                        pods.forget(uid)

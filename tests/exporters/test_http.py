@@ -1,0 +1,81 @@
+"""The HTTP endpoints in-process: gzip when asked (as every Prometheus asks),
+plain otherwise, and a failing scrape that says why."""
+from __future__ import annotations
+
+import gzip
+import http.client
+
+import pytest
+
+from podsight.exporters.http import MetricsServer, accepts_gzip
+from podsight.exporters.page import Body, Piece
+
+PAGE = [b"# HELP a_total x\n# TYPE a_total counter\n", b'a_total{pod="p"} 1\n' * 500]
+
+
+@pytest.mark.parametrize("header, want", [
+    ("gzip", True), ("gzip, deflate, br", True), ("br;q=1.0, gzip;q=0.8, *;q=0.1", True), ("x-gzip", True),
+    ("GZIP", True), ("identity", False), ("", False), (None, False), ("gzip;q=0", False), ("gzip;q=0.0", False),
+    ("gzip;q=0.001", True), ("deflate", False),
+])
+def test_accepts_gzip(header, want):
+    assert accepts_gzip(header) is want
+
+
+@pytest.fixture
+def server():
+    calls = []
+
+    def render(gz: bool) -> list[bytes]:
+        calls.append(gz)
+        return Body.gzip([Piece(p) for p in PAGE]) if gz else Body([Piece(p) for p in PAGE])
+
+    srv = MetricsServer("127.0.0.1", 0, render, lambda: (True, "ready"))
+    srv.start()
+    yield srv, calls
+    srv.stop()
+
+
+def get(srv, path, headers=None):
+    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    c.request("GET", path, headers=headers or {})
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    return r, body
+
+
+def test_metrics_gzip_when_asked(server):
+    srv, calls = server
+    r, body = get(srv, "/metrics", {"Accept-Encoding": "gzip"})
+    assert r.status == 200 and r.getheader("Content-Encoding") == "gzip"
+    assert r.getheader("Vary") == "Accept-Encoding"
+    assert int(r.getheader("Content-Length")) == len(body)
+    assert gzip.decompress(body) == b"".join(PAGE)
+    assert calls == [True]
+
+
+def test_metrics_plain_otherwise(server):
+    srv, calls = server
+    r, body = get(srv, "/metrics", {"Accept-Encoding": "gzip;q=0"})
+    assert r.status == 200 and r.getheader("Content-Encoding") is None
+    assert r.getheader("Content-Type").startswith("text/plain; version=0.0.4")
+    assert body == b"".join(PAGE)
+    assert calls == [False]
+
+
+def test_a_failing_scrape_says_why():
+    def render(gz):
+        raise RuntimeError("map vanished")
+
+    srv = MetricsServer("127.0.0.1", 0, render, lambda: (False, "starting"))
+    srv.start()
+    try:
+        r, body = get(srv, "/metrics", {"Accept-Encoding": "gzip"})
+        assert r.status == 500 and b"map vanished" in body and r.getheader("Content-Encoding") is None
+        r, body = get(srv, "/readyz")
+        assert r.status == 503 and body == b"starting\n"
+        r, body = get(srv, "/healthz")
+        assert r.status == 200
+    finally:
+        srv.stop()
