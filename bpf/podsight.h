@@ -115,6 +115,8 @@ struct security_event {
 	__u64 cgroup_id;
 	__s64 ret;		/* syscall return value; 0 for exec */
 	__s64 ptrace_request;
+	__u64 start_ns;		/* the process's start (CLOCK_BOOTTIME): with pid, an identity PID reuse cannot fake */
+	__u64 parent_start_ns;	/* the parent process's start (CLOCK_BOOTTIME) */
 	__u32 kind;		/* enum sec_kind */
 	__u32 syscall;		/* enum sec_syscall */
 	__u32 pid;		/* tgid */

@@ -202,6 +202,9 @@ static __always_inline struct security_event *begin(__u32 kind, __u32 syscall)
 	ev->pid = pid_tgid >> 32;
 	ev->tid = (__u32)pid_tgid;
 	ev->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	/* The thread group leader's: a thread starts later than its process. */
+	ev->start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	ev->parent_start_ns = BPF_CORE_READ(task, real_parent, group_leader, start_boottime);
 	ev->uid = (__u32)uid_gid;
 	ev->gid = uid_gid >> 32;
 	ev->flags = 0;

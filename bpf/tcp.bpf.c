@@ -312,11 +312,12 @@ static long sample_one(struct bpf_map *map, __u64 *key, struct sock_state *st, v
 	return 0;
 }
 
+/* Returns the entries it walked: how full tcp_socks is, for the agent's
+ * map-pressure gauge, with no count kept on the per-connection path. */
 SEC("raw_tp")
 int tcp_rtt_sample(void *ctx)
 {
-	bpf_for_each_map_elem(&tcp_socks, sample_one, NULL, 0);
-	return 0;
+	return bpf_for_each_map_elem(&tcp_socks, sample_one, NULL, 0);
 }
 
 SEC("tracepoint/skb/kfree_skb")

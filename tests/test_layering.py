@@ -22,7 +22,7 @@ import pytest
 
 # Lowest first: data flows kernel → reader → identity → exporters → agent → cli, so imports only point down.
 LAYERS: list[tuple[str, ...]] = [
-    ("podsight", "podsight.config"),         # 0: "podsight" is the bare package (__init__) only
+    ("podsight", "podsight.config", "podsight.heartbeat"),  # 0: "podsight" is the bare package (__init__) only
     ("podsight.kernel",),                    # 1
     ("podsight.security",),                  # 2: rule language and event model, pure
     ("podsight.reader",),                    # 3

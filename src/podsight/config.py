@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,10 +133,37 @@ class Aggregate:
 
 
 @dataclass
+class HttpRetry:
+    # Attempts per batch, the first included; then its events count as http_failed.
+    max_attempts: int = 3
+    # Wait before the second attempt; doubled before each further one (at most 60 s).
+    backoff: Duration = Duration(1.0)
+
+
+@dataclass
+class HttpOutput:
+    # Empty: no HTTP output.  http:// or https://; Falcosidekick listens at "/".
+    url: str = ""
+    # Added to every request, e.g. Authorization (values are never logged).
+    headers: dict[str, str] = field(default_factory=dict)
+    # Events per POST: 1 posts one JSON object (what Falcosidekick and most
+    # webhooks take); more posts newline-delimited JSON (application/x-ndjson).
+    batch: int = 1
+    # Per attempt: connecting, sending, and each wait for the answer.
+    timeout: Duration = Duration(5.0)
+    # Events waiting in memory; beyond, new ones are dropped (http_queue_full).
+    max_queue: int = 10000
+    retry: HttpRetry = field(default_factory=HttpRetry)
+
+
+@dataclass
 class SecurityOutput:
     stdout: bool = True
     file: str = ""
+    # podsight | falco (Falco's JSON output, for Falcosidekick) | ecs (Elastic Common Schema)
+    format: str = "podsight"
     aggregate: Aggregate = field(default_factory=Aggregate)
+    http: HttpOutput = field(default_factory=HttpOutput)
 
 
 @dataclass
@@ -178,6 +206,7 @@ _CHOICES = {
     "log_level": ("debug", "info", "warning", "error"),
     "kubernetes.enabled": ("auto", "true", "false"),
     "labels.level": ("container", "pod"),
+    "security.output.format": ("podsight", "falco", "ecs"),
 }
 # enum skb_drop_reason names, as the kernel's tracepoint format prints them.
 _DROP_REASON = re.compile(r"[A-Z][A-Z0-9_]*")
@@ -208,6 +237,8 @@ def _describe(tp: object) -> str:
         return "a duration like 30s, 5m or 1h"
     if typing.get_origin(tp) is list:
         return "a list of strings"
+    if typing.get_origin(tp) is dict:
+        return "a mapping of names to strings"
     return "a mapping"
 
 
@@ -252,6 +283,17 @@ class _Loader:
             if not isinstance(node, yaml.SequenceNode):
                 self.fail(node, path, f"expected {expected}")
             return [self.convert(str, item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        if typing.get_origin(tp) is dict:
+            if not isinstance(node, yaml.MappingNode):
+                self.fail(node, path, f"expected {expected}")
+            out: dict[str, str] = {}
+            for knode, vnode in node.value:
+                if not isinstance(knode, yaml.ScalarNode) or knode.value == "":
+                    self.fail(knode, path, "expected a non-empty name")
+                if knode.value in out:
+                    self.fail(knode, f"{path}.{knode.value}", "key appears twice")
+                out[knode.value] = self.convert(str, vnode, f"{path}.{knode.value}")
+            return out
         if not isinstance(node, yaml.ScalarNode):
             self.fail(node, path, f"expected {expected}")
         value = yaml.safe_load(yaml.serialize(node)) if node.value != "" else ""
@@ -327,6 +369,47 @@ def _check(cfg: Config, where: dict[str, str]) -> None:
     for i, name in enumerate(cfg.labels.pod_labels):
         if not name or len(name) > 317:
             fail(f"labels.pod_labels[{i}]", f"expected a Kubernetes label key, got {name!r}")
+    _check_http(cfg.security.output.http, fail)
+
+
+# RFC 9110 token: what a header name may be.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _without_userinfo(url: str) -> str:
+    """The URL for an error message: a password in it is not repeated."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+def _check_http(http: HttpOutput, fail: typing.Callable[[str, str], typing.NoReturn]) -> None:
+    key = "security.output.http"
+    if http.url:
+        try:
+            parts = urllib.parse.urlsplit(http.url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            parts = None
+        if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+                or any(c.isspace() for c in http.url)):
+            fail(f"{key}.url", f"expected an http:// or https:// URL, got {_without_userinfo(http.url)!r}")
+    for name, value in http.headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            fail(f"{key}.headers.{name}", "expected an HTTP header name (letters, digits, -)")
+        if "\r" in value or "\n" in value or "\0" in value:
+            fail(f"{key}.headers.{name}", "expected a header value without line breaks")  # the value may be a secret
+    if not 1 <= http.batch <= 10000:
+        fail(f"{key}.batch", f"expected an integer from 1 to 10000, got {http.batch}")
+    if http.timeout <= 0:
+        fail(f"{key}.timeout", "expected a duration above 0")
+    if http.max_queue < http.batch:
+        fail(f"{key}.max_queue", f"expected at least batch ({http.batch}) events, got {http.max_queue}")
+    if not 1 <= http.retry.max_attempts <= 100:
+        fail(f"{key}.retry.max_attempts", f"expected an integer from 1 to 100, got {http.retry.max_attempts}")
+    if http.retry.backoff < 0:
+        fail(f"{key}.retry.backoff", "expected a duration of 0 or more")
 
 
 def _where_map(node: yaml.Node | None, source: str, prefix: str = "") -> dict[str, str]:

@@ -15,6 +15,7 @@ from .agent import Agent
 from .config import Config, parse_listen
 from .exporters.http import MetricsServer
 from .exporters.prometheus import MetricsRenderer
+from .heartbeat import late
 from .identity.labels import Labeler
 from .identity.node import NodeIdentity, node_name
 from .identity.resolver import CgroupResolver
@@ -61,7 +62,7 @@ class Runtime:
         host, port = parse_listen(cfg.listen)
         try:
             self.server = MetricsServer(host, port, lambda gzip: renderer.render(self.agent.snapshot(), gzip),
-                                        self.readiness)
+                                        self.readiness, self.liveness)
         except OSError as e:
             raise StartupError(f"cannot listen on {cfg.listen}: {e.strerror}") from None
         self.port = self.server.port
@@ -87,7 +88,7 @@ class Runtime:
             raise StartupError(f"security rules: {e}") from None
         out = self.cfg.security.output
         try:
-            output = EventOutput.from_config(out.stdout, out.file)
+            output = EventOutput.from_config(out.stdout, out.file, out.http)
         except OSError as e:
             raise StartupError(f"security.output.file {out.file!r}: {e.strerror}") from None
         return SecurityPipeline(self.cfg, rules, self.identity, output)
@@ -103,6 +104,12 @@ class Runtime:
         if self.pods is not None:
             self.pods.stop()
         self.agent.stop()
+
+    def liveness(self) -> tuple[bool, str]:
+        """Alive while every background thread keeps its promise of progress."""
+        beats = self.agent.heartbeats() + ([self.pods.heartbeat] if self.pods is not None else [])
+        stuck = late(beats)
+        return (False, "stuck: " + "; ".join(stuck)) if stuck else (True, "ok")
 
     def readiness(self) -> tuple[bool, str]:
         if not self.agent.started:

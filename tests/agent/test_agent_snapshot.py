@@ -30,7 +30,7 @@ class FakeMap:
 
     def __init__(self, name: str, width: int, key: struct.Struct):
         self.name, self.width, self.key = name, width, key
-        self.ncpu, self.value_size = NCPU, width * 8
+        self.ncpu, self.value_size, self.max_entries = NCPU, width * 8, 1024
         self.entries: dict[bytes, list[bytes]] = {}
 
     def add(self, key: tuple, per_cpu: list[list[int]]) -> None:
@@ -113,8 +113,9 @@ def test_a_scrape_sums_cpus_and_names_each_cgroup(agent, tree):
     assert got[("system.slice/cron.service", "ingress")] == 7
     assert got[("unattributed", "ingress")] == 10
     snap = agent.agent.snapshot()
-    assert snap.map_entries == {"network_traffic": 3}
-    assert snap.probes == {"network": True} and snap.kubernetes_api_up is None and snap.security is None
+    assert snap.map_entries == {"network_traffic": 3} and snap.map_max_entries == {"network_traffic": 1024}
+    assert snap.probes == {"network": True} and snap.probe_states == {"network": "up"}
+    assert snap.kubernetes_api_up is None and snap.security is None
 
 
 def test_a_gone_host_cgroup_keeps_its_total_and_a_new_one_adds_to_it(agent, tree):
@@ -150,3 +151,37 @@ def test_an_unchanged_scrape_after_a_change_shows_the_new_value(agent, tree):
     assert scrape(agent)[(UID, "ingress")] == 10
     agent.traffic.add((ino(tree.container),), [[10, 1, 0, 0], [4, 1, 0, 0]])
     assert scrape(agent)[(UID, "ingress")] == 14
+
+
+def test_a_blocked_sampler_is_reported_stuck(tree):
+    """A probe whose periodic work never returns (a sample stuck in the
+    kernel, a lock never released): the sampler misses its heartbeat."""
+    import threading
+
+    from podsight.heartbeat import late
+
+    release = threading.Event()
+
+    class StuckProbe(FakeProbe):
+        def start(self, cfg, cgroup_root) -> bool:
+            self.sample_interval = 0.05
+            return super().start(cfg, cgroup_root)
+
+        def sample(self) -> None:
+            release.wait(30)
+
+    cfg = Config()
+    identity = NodeIdentity("node-a", CgroupResolver(str(tree.root), cfg.rescan_interval, handles=False),
+                            Labeler("node-a", cfg.labels))
+    a = Agent(identity, [StuckProbe("tcp")], cgroup_root=str(tree.root), cfg=cfg)
+    a.SAMPLE_SLACK = 0.3
+    a.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not late(a.heartbeats()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [s.split(" (")[0] for s in late(a.heartbeats())] == ["sampler"]
+    finally:
+        release.set()
+        a.stop()
+    assert late(a.heartbeats()) == []

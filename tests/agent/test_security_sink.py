@@ -153,3 +153,46 @@ def test_a_broken_output_does_not_stop_the_others(proc):
     sink.handle(shadow())
     sink.flush()
     assert len(out.getvalue().splitlines()) == 1
+
+
+def _stat(proc_root, pid, start_ticks):
+    """A /proc/<pid>/stat whose field 22 (starttime, clock ticks since boot) is ``start_ticks``."""
+    fields = ["S"] + ["0"] * 18 + [str(start_ticks)] + ["0"] * 30
+    with open(os.path.join(proc_root, str(pid), "stat"), "w") as f:
+        f.write(f"{pid} (odd name) x) " + " ".join(fields) + "\n")
+
+
+def test_parent_exe_only_from_the_process_that_really_is_the_parent(proc):
+    """The parent's exe is taken from /proc only when /proc/<ppid>'s start
+    time is the parent's start time the kernel reported: a PID the parent
+    left and another process took lends nothing."""
+    tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    info = ProcessInfo(proc.root)
+    boot = info._boot_offset
+    proc(300, exe="/usr/sbin/sshd")
+    _stat(proc.root, 300, 5000)
+    assert info.parent_exe(300, boot + 5000 * tick) == "/usr/sbin/sshd"
+    proc(301, exe="/usr/bin/other")
+    _stat(proc.root, 301, 9000)  # pid 301 now belongs to a process started later
+    assert info.parent_exe(301, boot + 5000 * tick) == ""
+    assert info.parent_exe(0, boot) == "" and info.parent_exe(300, 0) == ""
+
+
+def test_a_remembered_exec_names_its_process_as_a_parent(proc):
+    info = ProcessInfo(proc.root)
+    info.remember_exec(400, "/usr/bin/bash", "bash", start_ns=123)
+    assert info.parent_exe(400, 123) == "/usr/bin/bash"  # no /proc needed: it exited meanwhile
+    assert info.parent_exe(400, 124) == ""  # another process with that pid
+
+
+def test_matched_events_carry_the_parent_exe(proc):
+    sink, out = sink_with(proc.root)
+    sink.proc.remember_exec(50, "/usr/bin/python3", "python3", start_ns=777)
+    matched, ignored = shadow(), RawEvent("open", pid=7, comm="cat", path="/srv/app.css", ppid=50, parent_start_ns=777)
+    matched.ppid, matched.parent_start_ns = 50, 777
+    sink.handle(matched)
+    sink.handle(ignored)
+    sink.flush()
+    assert len(out.getvalue().splitlines()) == 1
+    assert matched.parent_exe == "/usr/bin/python3"
+    assert ignored.parent_exe == ""  # no /proc read for what no rule matched

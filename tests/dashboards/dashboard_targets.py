@@ -15,6 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD_DIR = REPO / "dashboards"
 RULES_DIR = REPO / "rules"
+DEFAULT_SECURITY_RULES = REPO / "src" / "podsight" / "security" / "default_rules.yaml"
 
 # Metric names the agent exports (../shared/DESIGN.md catalog and the
 # exporter's process collector). Histograms add _bucket/_sum/_count.
@@ -33,6 +34,9 @@ AGENT_METRICS = frozenset({
     "podsight_bpf_program_runs_total",
     "podsight_bpf_program_run_seconds_total",
     "podsight_probe_up",
+    "podsight_probe_state",
+    "podsight_bpf_map_entries",
+    "podsight_bpf_map_max_entries",
     "podsight_build_info",
     "podsight_kubernetes_api_up",
     "process_resident_memory_bytes",
@@ -41,6 +45,53 @@ AGENT_METRICS = frozenset({
 AGENT_HISTOGRAMS = ("podsight_tcp_srtt_seconds", "podsight_tcp_connect_duration_seconds")
 # Series Prometheus itself writes for every scrape target.
 PROMETHEUS_SCRAPE_METRICS = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped"})
+
+# The label names each series carries, for the checks that a dashboard filters
+# only on labels that exist (an always-empty variable or panel otherwise).
+# From the exporter (src/podsight/exporters/prometheus.py) and the label
+# policy (src/podsight/identity/labels.py); the e2e test compares them with
+# the series a real agent exports.
+_POD = frozenset({"node", "namespace", "pod", "container", "host_cgroup"})
+# Pod-attributed series carry these only with labels.image / labels.workload
+# in the agent config (and label_<key> with labels.pod_labels).
+OPTIONAL_POD_LABELS = frozenset({"image", "workload", "workload_kind"})
+# Every scraped series: the target's job and instance; `cluster` where a
+# multi-cluster setup adds it (external labels, relabeling). The chart's
+# scrape relabeling also adds `node` from the pod's node, but a plain scrape
+# config does not, so process_* and scrape metrics are joined to
+# podsight_build_info to filter by node.
+TARGET_LABELS = frozenset({"job", "instance", "cluster"})
+_PODS = _POD | OPTIONAL_POD_LABELS
+METRIC_LABELS: dict[str, frozenset[str]] = {
+    "podsight_network_bytes_total": _PODS | {"direction"},
+    "podsight_network_packets_total": _PODS | {"direction"},
+    "podsight_network_drops_total": _PODS | {"reason"},
+    "podsight_tcp_connections_opened_total": _PODS | {"direction"},
+    "podsight_tcp_connections_failed_total": _PODS | {"direction"},
+    "podsight_tcp_connections_closed_total": _PODS,
+    "podsight_tcp_connections_active": _PODS,
+    "podsight_tcp_retransmits_total": _PODS,
+    "podsight_tcp_resets_total": _PODS | {"direction"},
+    **{f"{h}{suffix}": _PODS | ({"le"} if suffix == "_bucket" else set())
+       for h in ("podsight_tcp_srtt_seconds", "podsight_tcp_connect_duration_seconds")
+       for suffix in ("_bucket", "_sum", "_count")},
+    # No pod label: one series per pod and rule would cost too much.
+    "podsight_security_events_total": frozenset({"rule", "severity", "namespace", "node"}),
+    "podsight_events_dropped_total": frozenset({"reason", "event", "node"}),
+    "podsight_bpf_program_runs_total": frozenset({"program", "node"}),
+    "podsight_bpf_program_run_seconds_total": frozenset({"program", "node"}),
+    "podsight_probe_up": frozenset({"probe", "node"}),
+    "podsight_probe_state": frozenset({"probe", "state", "node"}),
+    "podsight_bpf_map_entries": frozenset({"map", "node"}),
+    "podsight_bpf_map_max_entries": frozenset({"map", "node"}),
+    "podsight_build_info": frozenset({"version", "python_version", "node"}),
+    "podsight_kubernetes_api_up": frozenset({"node"}),
+    "process_resident_memory_bytes": frozenset(),
+    "process_cpu_seconds_total": frozenset(),
+    "up": frozenset(),
+    "scrape_duration_seconds": frozenset(),
+    "scrape_samples_scraped": frozenset(),
+}
 
 
 def catalog_metric_names() -> frozenset[str]:
@@ -126,17 +177,21 @@ _IDENT = re.compile(r"(?<![\w.:$])([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?")
 def metric_names(expr: str) -> set[str]:
     """Metric names referenced by a PromQL expression (functions, keywords,
     label names and durations excluded)."""
+    return set(_metric_names_in_order(expr))
+
+
+def _metric_names_in_order(expr: str) -> list[str]:
     s = _STRING.sub('""', expr)
     s = re.sub(r"\{[^}]*\}", "{}", s)          # label matchers
     s = re.sub(r"\[[^\]]*\]", "[]", s)         # range / subquery windows
     s = _GROUPING.sub(" ", s)                  # label lists of by/on/...
     s = re.sub(r"\boffset\s+-?[0-9a-z]+", " ", s)
-    names = set()
+    names = []
     for m in _IDENT.finditer(s):
         word, call = m.group(1), m.group(2)
         if call or word in _KEYWORDS:
             continue
-        names.add(word)
+        names.append(word)
     return names
 
 
@@ -169,3 +224,101 @@ def recorded_names(rules_dir: Path = RULES_DIR) -> set[str]:
                 if "record" in rule:
                     names.add(rule["record"])
     return names
+
+
+# -- labels: what a dashboard may filter on ---------------------------------
+
+@dataclass(frozen=True)
+class Matcher:
+    label: str
+    op: str          # =, !=, =~, !~
+    value: str       # the string's content, PromQL escapes undone
+
+    def matches(self, candidates) -> set[str]:
+        """Which of ``candidates`` this matcher lets through."""
+        if self.op in ("=", "!="):
+            hit = {c for c in candidates if c == self.value}
+        else:
+            hit = {c for c in candidates if re.fullmatch(self.value, c)}
+        return hit if self.op in ("=", "=~") else set(candidates) - hit
+
+
+_SELECTOR = re.compile(r"(?<![\w:.$])([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}")
+_MATCHER = re.compile(r'([a-zA-Z_]\w*)\s*(=~|!~|!=|=)\s*"((?:\\.|[^"\\])*)"')
+
+
+def selectors(expr: str) -> list[tuple[str, list[Matcher]]]:
+    """Every `metric{matchers}` of a PromQL expression, in order."""
+    out = []
+    for m in _SELECTOR.finditer(expr):
+        matchers = [Matcher(lm.group(1), lm.group(2), re.sub(r"\\(.)", r"\1", lm.group(3)))
+                    for lm in _MATCHER.finditer(m.group(2))]
+        out.append((m.group(1), matchers))
+    return out
+
+
+_LABEL_VALUES = re.compile(r"label_values\((.+),\s*(\w+)\)")
+
+
+def query_variables(dashboard: dict) -> list[dict]:
+    return [v for v in dashboard.get("templating", {}).get("list", []) if v.get("type") == "query"]
+
+
+def label_values_query(variable: dict) -> tuple[str, str] | None:
+    """(series selector, label) of a `label_values(selector, label)` variable."""
+    m = _LABEL_VALUES.fullmatch(variable.get("query", ""))
+    return (m.group(1).strip(), m.group(2)) if m else None
+
+
+_AGGREGATION_BY = re.compile(
+    r"\s*(?:sum|min|max|avg|count|group|stddev|stdvar|topk|bottomk|quantile)\s+by\s*\(([^)]*)\)")
+
+
+def recorded_labels(rules_dir: Path = RULES_DIR) -> dict[str, frozenset[str]]:
+    """The labels each recording rule's series carry: the outer `by (...)`
+    of its expression, else those of the first metric it reads (less `le`
+    under histogram_quantile), plus the rule's own labels."""
+    import yaml
+    rules = {}
+    for f in sorted(rules_dir.glob("*.yaml")):
+        for group in (yaml.safe_load(f.read_text()) or {}).get("groups", []):
+            for rule in group.get("rules", []):
+                if "record" in rule:
+                    rules[rule["record"]] = (rule["expr"], frozenset(rule.get("labels") or {}))
+    out: dict[str, frozenset[str]] = {}
+
+    def labels(name: str) -> frozenset[str]:
+        if name in out:
+            return out[name]
+        if name not in rules:
+            return (METRIC_LABELS.get(name) or frozenset()) | TARGET_LABELS
+        expr, extra = rules[name]
+        m = _AGGREGATION_BY.match(expr)
+        if m:
+            base = frozenset(x.strip() for x in m.group(1).split(",") if x.strip())
+        else:
+            names = _metric_names_in_order(expr)
+            base = labels(names[0]) if names else frozenset()
+            if expr.lstrip().startswith("histogram_quantile"):
+                base -= {"le"}
+        out[name] = base | extra
+        return out[name]
+
+    for name in rules:
+        labels(name)
+    return out
+
+
+def series_labels(metric: str, recorded: dict[str, frozenset[str]] | None = None) -> frozenset[str] | None:
+    """Label names a series of ``metric`` can carry; None when not catalogued."""
+    recorded = recorded_labels() if recorded is None else recorded
+    if metric in recorded:
+        return recorded[metric]
+    if metric in METRIC_LABELS:
+        return METRIC_LABELS[metric] | TARGET_LABELS
+    return None
+
+
+def default_rule_severities(path: Path = DEFAULT_SECURITY_RULES) -> set[str]:
+    import yaml
+    return {str(r["severity"]).lower() for r in yaml.safe_load(path.read_text())["rules"] if "severity" in r}

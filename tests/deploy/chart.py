@@ -28,6 +28,10 @@ CRDS = Path(__file__).resolve().parent / "crds"
 # A current Kubernetes release: helm renders for it and kubernetes-validate
 # checks core kinds against its OpenAPI schemas.
 KUBE_VERSION = "1.33.0"
+# Every release the chart is validated for: its floor (Chart.yaml kubeVersion),
+# the last release before securityContext.appArmorProfile and
+# volumeMounts[].recursiveReadOnly (1.30), and 1.30, 1.33, 1.37.
+KUBE_VERSIONS = ("1.25.0", "1.29.0", "1.30.0", "1.33.0", "1.37.0")
 MONITORING_API = "monitoring.coreos.com/v1"
 RELEASE = "podsight"
 NAMESPACE = "podsight"
@@ -57,8 +61,8 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
-def template_args(values_files=(), sets=(), monitoring=False, chart=CHART) -> list[str]:
-    args = ["template", RELEASE, str(chart), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION]
+def template_args(values_files=(), sets=(), monitoring=False, chart=CHART, kube_version=KUBE_VERSION) -> list[str]:
+    args = ["template", RELEASE, str(chart), "--namespace", NAMESPACE, "--kube-version", kube_version]
     if monitoring:
         args += ["--api-versions", MONITORING_API]
     for f in values_files:
@@ -69,21 +73,28 @@ def template_args(values_files=(), sets=(), monitoring=False, chart=CHART) -> li
 
 
 @functools.lru_cache(maxsize=None)
-def _render_cached(values_files: tuple, sets: tuple, monitoring: bool, chart: str) -> str:
-    return helm(*template_args(values_files, sets, monitoring, Path(chart))).stdout
+def _render_cached(values_files: tuple, sets: tuple, monitoring: bool, chart: str, kube_version: str) -> str:
+    return helm(*template_args(values_files, sets, monitoring, Path(chart), kube_version)).stdout
 
 
-def render(values_files=(), sets=(), monitoring=False, chart=CHART) -> list[dict]:
+def render(values_files=(), sets=(), monitoring=False, chart=CHART, kube_version=KUBE_VERSION) -> list[dict]:
     """`helm template` → list of objects (a fresh copy the caller may change)."""
-    out = _render_cached(tuple(str(f) for f in values_files), tuple(sets), monitoring, str(chart))
+    out = _render_cached(tuple(str(f) for f in values_files), tuple(sets), monitoring, str(chart), kube_version)
     return [d for d in yaml.safe_load_all(out) if d]
 
 
-def render_scenario(name: str | None, sets=(), monitoring=None) -> list[dict]:
+def render_fails(sets=(), values_files=(), monitoring=True) -> str:
+    """`helm template` that must fail: its error output."""
+    proc = helm(*template_args(values_files, sets, monitoring), check=False)
+    assert proc.returncode != 0, f"helm template {sets} rendered; expected a failure"
+    return proc.stderr
+
+
+def render_scenario(name: str | None, sets=(), monitoring=None, kube_version=KUBE_VERSION) -> list[dict]:
     files = [CHART / "ci" / name] if name else []
     if monitoring is None:
         monitoring = True  # render every object the scenario turns on
-    return render(files, sets, monitoring)
+    return render(files, sets, monitoring, kube_version=kube_version)
 
 
 def find(objs: list[dict], kind: str, name: str | None = None) -> list[dict]:
@@ -125,12 +136,13 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 # ---------------------------------------------------------------- validation
 
-def validate_core(obj: dict) -> None:
+def validate_core(obj: dict, kube_version: str = KUBE_VERSION) -> None:
     """Strict OpenAPI validation of a built-in kind (unknown fields fail)."""
     try:
-        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+        kubernetes_validate.validate(obj, kube_version, strict=True)
     except kubernetes_validate.ValidationError as e:
-        pytest.fail(f"{obj['kind']}/{obj['metadata'].get('name')}: {e.message} at {list(e.path)}")
+        pytest.fail(f"{obj['kind']}/{obj['metadata'].get('name')} (Kubernetes {kube_version}): "
+                    f"{e.message} at {list(e.path)}")
 
 
 def _strict(schema):
@@ -183,8 +195,8 @@ def validate_crd(obj: dict) -> None:
         pytest.fail(f"{obj['kind']}/{obj['metadata'].get('name')} does not match its CRD:\n{msgs}")
 
 
-def validate_object(obj: dict) -> None:
+def validate_object(obj: dict, kube_version: str = KUBE_VERSION) -> None:
     if is_crd_kind(obj):
         validate_crd(obj)
     else:
-        validate_core(obj)
+        validate_core(obj, kube_version)

@@ -1,12 +1,14 @@
 """helm lint --strict and helm template for the defaults and every ci/ scenario;
-every rendered object validates (core kinds: kubernetes-validate, strict;
-Prometheus Operator kinds: the upstream CRD schemas)."""
+every rendered object validates (core kinds: kubernetes-validate, strict, on
+every Kubernetes release in KUBE_VERSIONS; Prometheus Operator kinds: the
+upstream CRD schemas)."""
 from __future__ import annotations
 
 import pytest
 
 from tests.deploy.chart import (
     CHART,
+    KUBE_VERSIONS,
     SCENARIOS,
     find,
     helm,
@@ -19,7 +21,7 @@ CASES = [None, *SCENARIOS]
 
 
 def test_required_scenarios_exist():
-    for name in ("minimal", "monitoring", "security", "privileged"):
+    for name in ("minimal", "monitoring", "podmonitor", "security", "privileged", "hardened"):
         assert f"{name}-values.yaml" in SCENARIOS
 
 
@@ -32,19 +34,33 @@ def test_lint_strict(scenario):
     assert "0 chart(s) failed" in out.stdout
 
 
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 @pytest.mark.parametrize("scenario", CASES, ids=lambda s: s or "defaults")
-def test_rendered_objects_validate(scenario):
-    objs = render_scenario(scenario)
+def test_rendered_objects_validate(scenario, kube_version):
+    """Rendered for each release (helm --kube-version) and checked against that
+    release's API: fields newer than a release are only rendered where it has them."""
+    objs = render_scenario(scenario, kube_version=kube_version)
     kinds = {o["kind"] for o in objs}
     assert {"DaemonSet", "ConfigMap"} <= kinds
     for obj in objs:
-        validate_object(obj)
+        validate_object(obj, kube_version)
 
 
-def test_monitoring_scenario_renders_every_monitoring_object():
-    objs = render_scenario("monitoring-values.yaml")
-    crd_objs = [o for o in objs if is_crd_kind(o)]
-    assert sorted(o["kind"] for o in crd_objs) == ["PodMonitor", "PrometheusRule", "ServiceMonitor"]
+def test_strict_validation_knows_each_release_api():
+    """The check above can fail: what the chart renders for 1.33 (appArmorProfile,
+    recursiveReadOnly) is not 1.29's API, and 1.29's strict schema says so."""
+    (ds,) = find(render_scenario(None, kube_version="1.33.0"), "DaemonSet")
+    with pytest.raises(pytest.fail.Exception, match="appArmorProfile|recursiveReadOnly"):
+        validate_object(ds, "1.29.0")
+    validate_object(ds, "1.30.0")
+
+
+def test_monitoring_scenarios_render_every_monitoring_object():
+    def crd_kinds(scenario):
+        return sorted(o["kind"] for o in render_scenario(scenario) if is_crd_kind(o))
+
+    assert crd_kinds("monitoring-values.yaml") == ["PrometheusRule", "ServiceMonitor"]
+    assert crd_kinds("podmonitor-values.yaml") == ["PodMonitor"]
 
 
 def test_every_object_has_chart_labels_and_namespace():

@@ -1,7 +1,13 @@
 """Assertions on the rendered DaemonSet: privileges, mounts, identity, rollout."""
 from __future__ import annotations
 
-from tests.deploy.chart import CHART, agent_container, helm, one, render, render_scenario
+import json
+import re
+
+import pytest
+import yaml
+
+from tests.deploy.chart import CHART, REPO, agent_container, helm, one, render, render_scenario
 
 LEAST_PRIVILEGE_CAPS = ["BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE"]
 
@@ -54,13 +60,17 @@ def test_security_adds_sys_ptrace_and_only_then():
     assert caps(render(sets=["extraCapabilities={SYS_PTRACE}"]))["add"] == [*LEAST_PRIVILEGE_CAPS, "SYS_PTRACE"]
     # Privileged has every capability anyway: no list to add to.
     sc = agent_container(render(sets=["privileged=true", "config.security.enabled=true"]))["securityContext"]
-    assert sc == {"privileged": True, "runAsUser": 0}
+    assert sc == {"privileged": True, "runAsUser": 0, **UNCONFINED}
+
+
+# The chart's default profiles (values.yaml says why), set in both modes.
+UNCONFINED = {"seccompProfile": {"type": "Unconfined"}, "appArmorProfile": {"type": "Unconfined"}}
 
 
 def test_privileged_is_opt_in_and_replaces_the_capability_list():
     objs = render_scenario("privileged-values.yaml")
     sc = agent_container(objs)["securityContext"]
-    assert sc == {"privileged": True, "runAsUser": 0}
+    assert sc == {"privileged": True, "runAsUser": 0, **UNCONFINED}
     assert pod_spec(objs)["hostPID"] is True
 
 
@@ -72,29 +82,78 @@ def test_host_namespaces_are_not_shared_by_default():
     assert pod_spec(render(sets=["hostNetwork=true"]))["dnsPolicy"] == "ClusterFirstWithHostNet"
 
 
+def host_mounts(objs) -> dict[str, tuple[str, bool, str | None]]:
+    """mountPath → (hostPath, readOnly, recursiveReadOnly) of every hostPath mount."""
+    return {p: (x["volume"]["hostPath"]["path"], x["mount"].get("readOnly", False),
+                x["mount"].get("recursiveReadOnly"))
+            for p, x in mounts(objs).items() if "hostPath" in x["volume"]}
+
+
 def test_host_mounts_default():
     m = mounts(render_scenario(None))
-    expected = {
-        # mountPath: (hostPath, readOnly)
-        "/sys/fs/bpf": ("/sys/fs/bpf", False),
-        "/sys/kernel/tracing": ("/sys/kernel/tracing", True),
-        "/host/sys/fs/cgroup": ("/sys/fs/cgroup", True),
+    assert host_mounts(render_scenario(None)) == {
+        # mountPath: (hostPath, readOnly, recursiveReadOnly)
+        "/sys/kernel/tracing": ("/sys/kernel/tracing", True, "IfPossible"),
+        "/host/sys/fs/cgroup": ("/sys/fs/cgroup", True, "IfPossible"),
     }
-    host = {p: (x["volume"]["hostPath"]["path"], x["mount"].get("readOnly", False))
-            for p, x in m.items() if "hostPath" in x["volume"]}
-    assert host == expected
-    assert m["/sys/fs/bpf"]["volume"]["hostPath"]["type"] == "DirectoryOrCreate"
-    # Not mounted unless needed: host /proc (security only), debugfs (old kernels).
-    assert "/host/proc" not in m and "/sys/kernel/debug" not in m
+    # Not mounted unless needed: bpffs (nothing is pinned), host /proc
+    # (security only), debugfs (old kernels).
+    assert not {"/sys/fs/bpf", "/host/proc", "/sys/kernel/debug"} & set(m)
     assert m["/etc/podsight/podsight.yaml"]["mount"]["readOnly"] is True
     assert m["/tmp"]["volume"]["emptyDir"]["medium"] == "Memory"
+
+
+def test_every_host_mount_is_read_only_and_recursively_so_where_possible():
+    """bpffs, debugfs and /proc on as well: no host path is writable."""
+    objs = render(sets=["hostMounts.bpffs=true", "hostMounts.debugfs=true", "hostMounts.proc=true"])
+    got = host_mounts(objs)
+    assert set(got) == {"/sys/fs/bpf", "/sys/kernel/tracing", "/sys/kernel/debug", "/host/sys/fs/cgroup", "/host/proc"}
+    assert {ro for _, ro, _ in got.values()} == {True}
+    assert {rro for _, _, rro in got.values()} == {"IfPossible"}
+    # bpffs is read, never created: /sys/fs/bpf is the kernel's own directory in sysfs.
+    assert mounts(objs)["/sys/fs/bpf"]["volume"]["hostPath"]["type"] == "Directory"
+    enabled = host_mounts(render(sets=["hostMounts.recursiveReadOnly=Enabled"]))
+    assert {rro for _, _, rro in enabled.values()} == {"Enabled"}
+    left_out = host_mounts(render(sets=["hostMounts.recursiveReadOnly="]))
+    assert {rro for _, _, rro in left_out.values()} == {None}
+    assert {ro for _, ro, _ in left_out.values()} == {True}
+
+
+def test_recursive_read_only_only_where_the_api_has_it():
+    """volumeMounts[].recursiveReadOnly is new in Kubernetes 1.30: left out
+    before (test_chart validates each release's rendering against its API)."""
+    for version, expected in (("1.29.0", {None}), ("1.30.0", {"IfPossible"}), ("1.37.0", {"IfPossible"})):
+        got = host_mounts(render_scenario(None, kube_version=version))
+        assert {rro for _, _, rro in got.values()} == expected, version
+
+
+def test_schema_rejects_an_unknown_recursive_read_only_mode():
+    out = helm("template", "x", str(CHART), "--set", "hostMounts.recursiveReadOnly=Always", check=False)
+    assert out.returncode != 0 and "recursiveReadOnly" in out.stderr
 
 
 def test_host_proc_is_mounted_read_only_when_security_is_on():
     m = mounts(render_scenario("security-values.yaml"))
     assert m["/host/proc"]["volume"]["hostPath"]["path"] == "/proc"
     assert m["/host/proc"]["mount"]["readOnly"] is True
+    assert m["/host/proc"]["mount"]["recursiveReadOnly"] == "IfPossible"
     assert m["/etc/podsight/rules"]["mount"]["readOnly"] is True
+
+
+# libbpf/bpf() ways to pin an object to bpffs, and the path itself.
+PINNING = re.compile(r"/sys/fs/bpf|bpffs|__pin\b|_pin\(|pin_root_path|LIBBPF_PIN|BPF_OBJ_PIN|\bpinning\b")
+
+
+def test_nothing_in_the_agent_uses_bpffs():
+    """Why hostMounts.bpffs is off: no source of the agent pins an object or
+    opens bpffs (tests/test_fresh_host.py runs the agent with no bpffs at all)."""
+    sources = [*(REPO / "src").rglob("*.py"), *(REPO / "bpf").rglob("*.[ch]")]
+    assert len(sources) > 10
+    hits = [f"{path.relative_to(REPO)}:{n}: {line.strip()}"
+            for path in sources for n, line in enumerate(path.read_text().splitlines(), 1)
+            if PINNING.search(line)]
+    assert not hits, "the agent now uses bpffs: revisit hostMounts.bpffs (values.yaml, deploy/README.md)\n" + \
+        "\n".join(hits)
 
 
 def test_cgroup_root_in_config_matches_the_cgroup_mount():
@@ -150,7 +209,8 @@ def test_pod_template_has_no_chart_version_label():
         "app.kubernetes.io/name": "podsight",
         "app.kubernetes.io/instance": "podsight",
     }
-    assert ds["metadata"]["labels"]["helm.sh/chart"] == "podsight-0.1.0"
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert ds["metadata"]["labels"]["helm.sh/chart"] == f"podsight-{chart['version']}"
 
 
 def test_scheduling_and_rollout():
@@ -213,3 +273,78 @@ def test_minimal_scenario_has_no_rbac_and_no_token():
     kinds = {o["kind"] for o in objs}
     assert not kinds & {"ClusterRole", "ClusterRoleBinding", "ServiceAccount", "Service", "Pod"}
     assert pod_spec(objs)["automountServiceAccountToken"] is False
+
+
+# ------------------------------------------------------- seccomp and AppArmor
+
+def test_default_profiles_are_unconfined_on_the_agent_container():
+    """Unconfined seccomp: RuntimeDefault refuses bpf() without CAP_SYS_ADMIN
+    on CRI-O/Podman/older containerd (tests/deploy/test_seccomp.py measures it)."""
+    objs = render_scenario(None)
+    sc = agent_container(objs)["securityContext"]
+    assert {k: sc[k] for k in UNCONFINED} == UNCONFINED
+    # Container level only: the pod's own securityContext is the user's.
+    assert "securityContext" not in pod_spec(objs)
+
+
+def test_localhost_and_runtime_default_profiles():
+    objs = render_scenario("hardened-values.yaml")
+    sc = agent_container(objs)["securityContext"]
+    assert sc["seccompProfile"] == {"type": "Localhost", "localhostProfile": "podsight.json"}
+    assert sc["appArmorProfile"] == {"type": "RuntimeDefault"}
+    assert sc["capabilities"]["add"] == LEAST_PRIVILEGE_CAPS  # a profile takes no capability away
+    # The profile the scenario names is the one the chart ships.
+    assert (CHART / "files" / "seccomp" / sc["seccompProfile"]["localhostProfile"]).is_file()
+
+
+def test_empty_profiles_leave_the_fields_out():
+    objs = render(sets=["seccompProfile=null", "appArmorProfile=null"])
+    sc = agent_container(objs)["securityContext"]
+    assert "seccompProfile" not in sc and "appArmorProfile" not in sc
+    ds = one(render(sets=["appArmorProfile=null"], kube_version="1.29.0"), "DaemonSet")
+    assert not [a for a in ds["spec"]["template"]["metadata"]["annotations"] if "apparmor" in a]
+
+
+@pytest.mark.parametrize("profile,annotation", [
+    ({}, "unconfined"),
+    ({"appArmorProfile.type": "RuntimeDefault"}, "runtime/default"),
+    ({"appArmorProfile.type": "Localhost", "appArmorProfile.localhostProfile": "podsight"}, "localhost/podsight"),
+])
+def test_app_armor_before_1_30_is_the_beta_annotation(profile, annotation):
+    """securityContext.appArmorProfile is GA in 1.30; 1.25-1.29 read the annotation."""
+    sets = [f"{k}={v}" for k, v in profile.items()]
+    old = render(sets=sets, kube_version="1.29.0")
+    pod = one(old, "DaemonSet")["spec"]["template"]
+    assert pod["metadata"]["annotations"]["container.apparmor.security.beta.kubernetes.io/podsight"] == annotation
+    assert "appArmorProfile" not in agent_container(old)["securityContext"]
+    new = render(sets=sets, kube_version="1.30.0")
+    assert not [a for a in one(new, "DaemonSet")["spec"]["template"]["metadata"]["annotations"] if "apparmor" in a]
+    assert agent_container(new)["securityContext"]["appArmorProfile"]["type"] == profile.get(
+        "appArmorProfile.type", "Unconfined")
+
+
+@pytest.mark.parametrize("sets,where", [
+    (["seccompProfile.type=Localhost"], "localhostProfile"),
+    (["seccompProfile.type=Unconfined", "seccompProfile.localhostProfile=x.json"], "seccompProfile"),
+    (["appArmorProfile.type=Permissive"], "appArmorProfile"),
+    (["securityContext.seccompProfile.type=RuntimeDefault"], "securityContext"),
+])
+def test_schema_rejects_bad_profiles(sets, where):
+    out = helm("template", "x", str(CHART), *[a for s in sets for a in ("--set", s)], check=False)
+    assert out.returncode != 0 and where in out.stderr, out.stderr
+
+
+def test_seccomp_profile_in_the_chart_allows_the_agents_syscalls():
+    """The Localhost profile is a runtime default plus bpf and perf_event_open,
+    allowed outright (test_seccomp.py runs the agent under it)."""
+    profile = json.loads((CHART / "files" / "seccomp" / "podsight.json").read_text())
+    assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
+    unconditional = [r for r in profile["syscalls"]
+                     if r["action"] == "SCMP_ACT_ALLOW" and not r.get("args") and not r.get("includes")
+                     and not r.get("excludes")]
+    allowed = {n for r in unconditional for n in r["names"]}
+    assert {"bpf", "perf_event_open", "openat", "mmap", "epoll_wait", "ioctl"} <= allowed
+    # Nowhere else, so no runtime can see a conflicting rule for them.
+    elsewhere = [r for r in profile["syscalls"] if r not in unconditional
+                 and {"bpf", "perf_event_open"} & set(r["names"])]
+    assert not elsewhere, elsewhere

@@ -6,8 +6,9 @@ Simulated pods (tests/support/pods.py) get metadata from the local pod API
 test server (tests/support/apiserver.py, not a real API server) and produce
 traffic, successful and failed connects, retransmits (iptables random drops),
 a long-lived connection and shells. Then every panel target of every
-dashboard must return data, and the security and retransmit alerts must
-reach their receivers.
+dashboard must return data, with its variables at All and at the values
+they list, and the security and retransmit alerts must reach their
+receivers.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ CRITICAL_SHELL_RULE = Path(__file__).with_name("critical-shell-rule.yaml")
 NODE = "node-a"
 NAMESPACE = "dash-e2e"
 CLIENT_POD = "client-5d8f7c9b4-x2x7q"
+# Values each dashboard variable must list, and the panels must show data for.
+DASHBOARD_CHOICES = {"node": [NODE], "namespace": [NAMESPACE], "pod": [CLIENT_POD, "server-0"]}
 # Ports inside the simulated pods' own network namespaces.
 DOWNLOAD_PORT, ECHO_PORT, CLOSED_PORT = 8091, 8092, 8093
 
@@ -133,15 +136,20 @@ def test_dashboards_show_data_and_alerts_reach_receivers(tmp_path, node, webhook
             assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), \
                 f"promtool check metrics:\n{lint.stdout}{lint.stderr}"
 
-            # Every panel target of every dashboard returns data. Recording
+            # Every panel target of every dashboard returns data, with every
+            # variable at All and with each variable at the values it lists
+            # (this node, the test's namespace and pods among them). Recording
             # rules need a few evaluations, so poll for a while.
-            deadline = time.monotonic() + 60
+            deadline, tried = time.monotonic() + 60, {}
             while True:
                 results = dashboard_queries.evaluate_all(prom, start)
                 empty = [f"{t.where()}\n    {expr}" for t, (expr, n) in results.items() if n == 0]
+                if not empty:
+                    empty, tried = dashboard_queries.evaluate_variable_choices(prom, start, prefer=DASHBOARD_CHOICES)
                 if not empty or time.monotonic() > deadline:
                     break
                 time.sleep(3)
+            empty += dashboard_queries.label_catalog_problems(prom)
             unhealthy = [f"{r['name']}: {r['health']} {r.get('lastError', '')}"
                          for g in prom.rule_groups() for r in g["rules"] if r["health"] != "ok"]
             assert not unhealthy, "rules failing on the agent's real series:\n" + "\n".join(unhealthy)
@@ -150,7 +158,8 @@ def test_dashboards_show_data_and_alerts_reach_receivers(tmp_path, node, webhook
             # Problems are collected so one run reports the dashboards and both alerts.
             problems = []
             if empty:
-                problems.append("dashboard targets without data:\n" + "\n".join(empty))
+                problems.append("dashboard targets without data (or label catalog mismatches):\n" + "\n".join(empty)
+                                + f"\nvariable values tried: {tried}")
             expected = {
                 "PodsightSecurityCriticalEvent": ("/security-oncall", {
                     "rule": "shell_in_container", "namespace": NAMESPACE, "severity": "critical"}),

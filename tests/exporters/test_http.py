@@ -79,3 +79,17 @@ def test_a_failing_scrape_says_why():
         assert r.status == 200
     finally:
         srv.stop()
+
+
+def test_healthz_fails_when_the_agent_is_stuck():
+    state = {"alive": (True, "ok")}
+    srv = MetricsServer("127.0.0.1", 0, lambda gz: Body([]), lambda: (True, "ready"), lambda: state["alive"])
+    srv.start()
+    try:
+        assert get(srv, "/healthz")[0].status == 200
+        state["alive"] = (False, "stuck: sampler (12 s overdue)")
+        r, body = get(srv, "/healthz")
+        assert r.status == 503 and body == b"stuck: sampler (12 s overdue)\n"
+        assert get(srv, "/metrics")[0].status == 200  # still scrapeable: liveness is the kubelet's call
+    finally:
+        srv.stop()

@@ -356,3 +356,26 @@ def test_in_cluster_service_account(tls_files, tmp_path, watchers, monkeypatch):
         watchers.append(w)
         w.start()
         wait_for(lambda: w.pod(uid(pod)), what="pod via in-cluster config")
+
+
+def test_a_hung_api_connection_shows_as_a_stuck_watch(tmp_path, watchers, monkeypatch):
+    """An API server that accepts and never answers: the watch thread is
+    stuck in a request, and its heartbeat says so (/healthz fails) once the
+    longest watch plus the grace has passed (shrunk here from 600 + 120 s)."""
+    from podsight.heartbeat import late
+    from podsight.identity import pods as pods_module
+
+    monkeypatch.setattr(pods_module, "WATCH_TIMEOUT_RANGE", (1, 1))
+    monkeypatch.setattr(PodWatcher, "PROGRESS_GRACE", 0.5)
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(8)  # accepted by the kernel, never read or answered
+    try:
+        kc = write_kubeconfig(tmp_path / "kc", f"http://127.0.0.1:{hole.getsockname()[1]}")
+        w = PodWatcher(NODE, str(kc), backoff_max=0.2)
+        watchers.append(w)
+        w.start()
+        wait_for(lambda: late([w.heartbeat]), what="the hung watch to be overdue", timeout=20)
+        assert late([w.heartbeat])[0].startswith("kubernetes pod watch")
+    finally:
+        hole.close()

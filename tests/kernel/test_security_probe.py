@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -229,3 +230,75 @@ def test_unusable_security_setup_exits_before_attaching(tmp_path, text, needle):
     r = subprocess.run([sys.executable, "-m", "podsight.cli", "run", "--config", str(cfg), "--listen", "127.0.0.1:0"],
                        capture_output=True, text=True, env=env, timeout=30)
     assert r.returncode != 0 and needle in r.stderr, r.stderr
+
+
+CHILD_AND_PARENT = r"""
+import os, subprocess, sys, time
+child = (
+    "import sys\n"
+    "print(open('/proc/self/stat').read().rpartition(')')[2].split()[19], flush=True)\n"
+    "try:\n    open('/etc/shadow').close()\nexcept OSError:\n    pass\n"
+)
+out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True).stdout.strip()
+print(out, flush=True)
+time.sleep(float(sys.argv[1]))  # the parent stays: its exe is read (and checked) from /proc
+"""
+
+
+@pytest.mark.root
+def test_events_name_the_process_start_and_the_real_parent_exe(node):
+    """process.start is the kernel's start of the process (checked against
+    its own /proc/self/stat), exec_id is built from it, and parent.exe is the
+    executable of the process that really is the parent (its start time
+    checked), read while it runs."""
+    import base64
+    from datetime import datetime, timezone
+
+    a = node.pod("a")
+    tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    with AgentProcess(config="security:\n  enabled: true\n") as agent:
+        p = a.run(sys.executable, "-c", CHILD_AND_PARENT, "10", text=True)
+        ticks = int(p.stdout.readline())
+        events = agent.wait_events(lambda e: e["rule"] == "sensitive_file_read" and e["process"]["pid"] != p.pid,
+                                   what="the child's read of /etc/shadow")
+        p.kill()
+        p.wait()
+    e = events[0]
+    boot = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+    def ns(rfc3339: str) -> int:
+        head, frac = rfc3339.rstrip("Z").split(".")
+        return int(datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()) * 10**9 + int(frac)
+
+    assert abs(ns(e["process"]["start"]) - (boot + ticks * tick)) <= 2 * tick, (e["process"], ticks)
+    node_name, start, pid = base64.b64decode(e["process"]["exec_id"]).decode().rsplit(":", 2)
+    assert (int(start), int(pid)) == (ns(e["process"]["start"]), e["process"]["pid"]) and node_name == e["node"]
+    assert e["parent"]["pid"] == p.pid
+    # The exec it was started by names it (a venv's symlink), or /proc does (the file itself).
+    assert os.path.realpath(e["parent"]["exe"]) == os.path.realpath(sys.executable), e["parent"]
+    assert e["parent"]["start"] and e["parent"]["start"] < e["process"]["start"]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("fmt", ["falco", "ecs"])
+def test_siem_formats_from_the_real_agent_validate(node, fmt):
+    """security.output.format: every line the real agent writes for a real
+    match is its format's JSON (schema-checked) and names podsight and the pod."""
+    from podsight.security.formats import SCHEMA_PATHS
+
+    a = node.pod("a")
+    with AgentProcess(config=f"security:\n  enabled: true\n  output:\n    format: {fmt}\n") as agent:
+        run_in(a, "sh", "-c", "true")
+        rule_of = (lambda e: e["rule"]) if fmt == "falco" else (lambda e: e["rule"]["name"])
+        agent.wait_events(lambda e: rule_of(e) == "shell_in_container", what=f"a {fmt} shell_in_container line")
+    schema = json.loads(Path(SCHEMA_PATHS[fmt]).read_text())
+    lines = agent.events()
+    for e in lines:
+        jsonschema.validate(e, schema)
+    e = next(e for e in lines if rule_of(e) == "shell_in_container")
+    if fmt == "falco":
+        assert a.container_id.startswith(e["output_fields"]["container.id"]), e["output_fields"]
+        assert "podsight" in e["tags"] and e["output_fields"]["proc.name"] == "sh" and e["output_fields"]["podsight.uuid"]
+    else:
+        assert e["event"]["module"] == "podsight" and e["process"]["name"] == "sh" and e["event"]["id"]
+        assert a.container_id.startswith(e["container"]["id"]), e["container"]

@@ -394,6 +394,41 @@ def srtt_cgroups(probe) -> set[int]:
     return {k.cgroup_id for k in keys if k.kind == HIST_SRTT}
 
 
+def test_the_sampler_counts_the_tracked_connections(node):
+    """tcp_socks' fill (podsight_bpf_map_entries{map="tcp_socks"}) is what the
+    sampler walked: held connections raise it, and it equals a walk of the
+    map's keys from user space taken at the same moment."""
+    from podsight.config import Config
+    from podsight.kernel import mounts
+    from podsight.kernel.families.tcp import TcpProbe
+
+    a, b = node.pod("a"), node.pod("b")
+    probe = TcpProbe()
+    assert probe.start(Config(), mounts.cgroup2_root()), probe.error
+    try:
+        assert probe.map_fill() == {}  # nothing sampled yet: nothing claimed
+        serve(b, 8089)
+        holders = [a.run(PY, NETPROG, "hold", b.ip, "8089", "30", "0.5", text=True) for _ in range(5)]
+        for h in holders:
+            assert h.stdout.readline().strip() == "open"
+        m = probe.obj.maps["tcp_socks"]
+        for _ in range(20):  # the host's own connections come and go: find a quiet moment
+            before = sum(1 for _ in m.keys())
+            probe.sample()
+            after = sum(1 for _ in m.keys())
+            if before == after:
+                break
+        tracked, capacity = probe.map_fill()["tcp_socks"]
+        assert tracked == after, (tracked, before, after)
+        assert tracked >= 10  # both ends of five connections
+        assert capacity == m.max_entries == Config().probes.tcp.max_tracked_connections
+        for h in holders:
+            h.kill()
+            h.wait()
+    finally:
+        probe.stop()
+
+
 def test_kernel_refusing_the_rtt_sampler_loses_only_rtt(node, monkeypatch):
     """A kernel that refuses the sampler program at load (seen: EPERM): the
     object loads without it, tcp_rtt reports 0, the rest runs."""
@@ -417,6 +452,8 @@ def test_kernel_refusing_the_rtt_sampler_loses_only_rtt(node, monkeypatch):
     assert probe.start(Config(), mounts.cgroup2_root()), probe.error
     try:
         assert probe.status() == {"tcp": True, "tcp_rtt": False, "network_drops": True}
+        # This kernel cannot run it: unsupported, not failed (the probe-down alert stays quiet).
+        assert probe.states() == {"tcp": "up", "tcp_rtt": "unsupported", "network_drops": "up"}
         assert "tcp_rtt_sample" not in probe.obj.loaded_programs()
         # A tracked connection receiving segments: a sampler would record it.
         serve(b, 8088)

@@ -22,6 +22,8 @@ REQUIRED_ALERTS = {
     "PodsightSecurityCriticalEvent", "PodsightSecurityWarningBurst",
     "PodsightTargetAbsent", "PodsightProbeDown", "PodsightEventsDropped",
     "PodsightKubernetesAPIDisconnected",
+    # issue 18
+    "PodsightBPFMapNearlyFull", "PodsightEventsThrottled",
 }
 
 
@@ -118,7 +120,7 @@ def test_recording_rule_names_are_level_metric_operations(rule: rf.Rule):
 
 
 def test_rules_use_only_catalog_and_recorded_metrics():
-    known = dt.catalog_metric_names() | {r.name for r in RECORDS}
+    known = dt.catalog_metric_names() | rf.RULE_AGENT_METRICS | {r.name for r in RECORDS}
     bad = [f"{r.file.name}: {r.name}: {sorted(dt.metric_names(r.body['expr']) - known)}"
            for r in RULES if dt.metric_names(r.body["expr"]) - known]
     assert not bad, "\n".join(bad)
@@ -132,3 +134,43 @@ def test_slo_thresholds_derive_from_the_single_objective():
         if a.body["labels"]["category"] == "slo":
             assert "podsight:tcp_connect_slo_error_budget:ratio" in a.body["expr"], a.name
             assert not re.search(r"0\.99", a.body["expr"]), f"{a.name}: hard-coded objective"
+
+
+def test_metrics_the_rules_add_to_the_catalog_are_written_by_the_agent():
+    """The rules' contract with the agent (rule_files.RULE_AGENT_METRICS): the
+    exporter writes each of these names."""
+    text = rf.EXPORTER.read_text()
+    missing = [m for m in sorted(rf.RULE_AGENT_METRICS) if f'"{m}"' not in text]
+    assert not missing, f"{rf.EXPORTER} does not write {missing}"
+
+
+def _or_branches(expr: str) -> list[str]:
+    """The top-level `or` operands of an expression."""
+    depth, start, out = 0, 0, []
+    for i, c in enumerate(expr):
+        depth += c == "("
+        depth -= c == ")"
+        if depth == 0 and re.match(r"\bor\b", expr[i:]) and (i == 0 or not expr[i - 1].isalnum()):
+            out.append(expr[start:i])
+            start = i + 2
+    return out + [expr[start:]]
+
+
+def test_every_burn_rate_pair_has_the_traffic_floor_of_its_long_window():
+    floor = [r for r in RECORDS if r.name == "podsight:tcp_connect_slo_min_attempts:count"]
+    assert len(floor) == 1, "one traffic floor, in rules/slo.yaml"
+    # Default: derived from the objective, like every threshold.
+    assert "podsight:tcp_connect_slo_error_budget:ratio" in floor[0].body["expr"]
+    pairs = 0
+    for a in ALERTS:
+        if a.body["labels"]["category"] != "slo":
+            continue
+        for branch in _or_branches(a.body["expr"]):
+            windows = re.findall(r"podsight_tcp_connect_failure:ratio_rate(\w+)", branch)
+            assert len(windows) == 2, f"{a.name}: branch without a window pair:\n{branch}"
+            long = max(windows, key=lambda w: {"m": 60, "h": 3600, "d": 86400}[w[-1]] * int(w[:-1]))
+            assert re.search(rf"namespace_workload:podsight_tcp_connections_attempted:increase{long}\s*>=\s*"
+                             r"on \(\) group_left \(\) podsight:tcp_connect_slo_min_attempts:count", branch), \
+                f"{a.name}: the {'/'.join(windows)} pair has no traffic floor on its {long} window"
+            pairs += 1
+    assert pairs == 4

@@ -82,8 +82,8 @@ def test_exec_event_fields_and_redaction():
         "node-a", "shop", "web-0", "app", "registry.example/shop/web:1.4")
     assert obj["process"] == {"pid": 4242, "tid": 4242, "name": "sh", "exe": "/bin/dash",
                               "args": ["sh", "-c", "mysql -uroot -p*** shop"], "args_truncated": False,
-                              "cwd": "/srv", "script": "", "uid": 1000, "gid": 1000}
-    assert obj["parent"] == {"pid": 4200, "name": "gunicorn"}
+                              "cwd": "/srv", "script": "", "uid": 1000, "gid": 1000, "start": "", "exec_id": ""}
+    assert obj["parent"] == {"pid": 4200, "name": "gunicorn", "exe": "", "start": "", "exec_id": ""}
     assert obj["syscall"] == {"name": "execve", "path": "/bin/sh", "return_code": 0}
     assert obj["summary"] == ("shell_in_container: sh (pid 4242, uid 1000, parent gunicorn) executed /bin/sh "
                               "(sh -c mysql -uroot -p*** shop) in pod shop/web-0 container app")
@@ -149,3 +149,21 @@ def test_flag_names_keep_unknown_bits():
     assert open_flag_names(0o4010001) == ["O_WRONLY", "O_SYNC"]
     assert open_flag_names(0o10001) == ["O_WRONLY", "O_DSYNC"]
     assert open_flag_names(3 | 0x80000000) == ["O_ACCMODE", "0x80000000"]
+
+
+def test_process_identity_survives_pid_reuse():
+    """start and exec_id tell two processes that had the same pid apart."""
+    import base64
+
+    from podsight.security import RawEvent
+    rules = load_rules([DEFAULT_RULES_PATH])
+    rule = next(r for r in rules.rules if r.name == "shell_in_container")
+    ident = {"node": "node-a", "namespace": "shop", "pod": "web", "in_pod": True}
+    make = lambda start: RawEvent("exec", ts_ns=1_764_136_536_000_000_001, pid=77, ppid=1, comm="sh",  # noqa: E731
+                                  exe="/bin/sh", path="/bin/sh", args=["sh"], start_ns=start,
+                                  parent_start_ns=1_764_136_000_000_000_000, parent_exe="/usr/bin/containerd-shim")
+    a, b = (json.loads(event_json(rule, make(s), ident)) for s in (1_764_136_500_000_000_000, 1_764_136_530_000_000_000))
+    assert a["process"]["pid"] == b["process"]["pid"] and a["process"]["exec_id"] != b["process"]["exec_id"]
+    assert base64.b64decode(a["process"]["exec_id"]).decode() == "node-a:1764136500000000000:77"
+    assert a["process"]["start"] == "2025-11-26T05:55:00.000000000Z"
+    assert a["parent"]["exe"] == "/usr/bin/containerd-shim" and a["parent"]["start"].startswith("2025-11-26T05:46:40")

@@ -12,6 +12,7 @@ import threading
 import time
 
 from ..exporters.snapshot import Snapshot
+from ..heartbeat import Heartbeat
 from ..identity.node import NodeIdentity
 from ..kernel.families import COUNTER_FAMILIES
 from ..kernel.probes import Probe, ProgramStats
@@ -25,6 +26,13 @@ log = logging.getLogger("podsight.agent")
 
 
 class Agent:
+    # Seconds a background pass may take beyond its interval before /healthz
+    # calls the agent stuck: a walk of the tracked sockets takes about a
+    # millisecond and waits at most for a scrape; a cgroup sweep at 1,000
+    # pods tens of milliseconds, a walk a few hundred.
+    SAMPLE_SLACK = 30.0
+    SWEEP_SLACK = 60.0
+
     def __init__(self, identity: NodeIdentity, probes: list[Probe], *, cgroup_root: str, cfg,
                  security: SecurityPipeline | None = None):
         self.cfg = cfg
@@ -42,6 +50,8 @@ class Agent:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.sampler_beat = Heartbeat("sampler")
+        self.gc_beat = Heartbeat("cgroup sweep")
         self.started = False
 
     # -- lifecycle ---------------------------------------------------------
@@ -62,6 +72,8 @@ class Agent:
         self._stop.set()
         for t in self._threads:
             t.join(timeout=1.0)
+        self.sampler_beat.done()
+        self.gc_beat.done()
         if self.security is not None:
             self.security.stop()
         with self._lock:  # no scrape or sample may touch an object being closed
@@ -74,20 +86,31 @@ class Agent:
     def probes_down(self) -> list[str]:
         return [name for name, p in self.probes.items() if not p.up]
 
+    def heartbeats(self) -> list[Heartbeat]:
+        beats = [self.sampler_beat, self.gc_beat]
+        if self.security is not None and self.security.reader is not None:
+            beats.append(self.security.reader.heartbeat)
+        return beats
+
     # -- snapshot ----------------------------------------------------------
     def snapshot(self) -> Snapshot:
         with self._lock:
-            series, entries = self.counters.read()
+            series, fill = self.counters.read()
             probes: dict[str, bool] = {}
+            states: dict[str, str] = {}
             for p in self.probes.values():
                 probes.update(p.status())
+                states.update(p.states())
+                fill.update(p.map_fill())
             return Snapshot(
                 node=self.identity.node,
                 label_names=self.identity.label_names,
                 series=series,
                 key_names={s.map.name: s.probe.key_names(s.map.name) for s in self.counters.sources if s.map.paired},
-                map_entries=entries,
+                map_entries={m: n for m, (n, _) in fill.items()},
+                map_max_entries={m: n for m, (_, n) in fill.items()},
                 probes=probes,
+                probe_states=states,
                 programs=self._program_stats(),
                 kubernetes_api_up=self.identity.kubernetes_api_up,
                 security=self.security.counts() if self.security is not None else None,
@@ -107,7 +130,9 @@ class Agent:
         if not probes:
             return
         interval = min(p.sample_interval for p in probes)
+        self.sampler_beat.beat(interval + self.SAMPLE_SLACK)
         while not self._stop.wait(interval):
+            self.sampler_beat.beat(interval + self.SAMPLE_SLACK)
             with self._lock:
                 for p in probes:
                     try:
@@ -123,7 +148,9 @@ class Agent:
         # the kubelet), walk: the security probe needs them as pod roots.
         resolver = self.identity.resolver
         interval = max(self.cfg.rescan_interval, 0.5) * 5
+        self.gc_beat.beat(interval + self.SWEEP_SLACK)
         while not self._stop.wait(interval):
+            self.gc_beat.beat(interval + self.SWEEP_SLACK)
             try:
                 if resolver.pod_roots():
                     resolver.sweep()

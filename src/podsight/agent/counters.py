@@ -43,14 +43,14 @@ class CounterSeries:
         self.sources = sources
         self._unresolvable: set[int] = set()  # ids the last read could not resolve, for GC
 
-    def read(self) -> tuple[dict[str, dict], dict[str, int]]:
-        """(series by map, entries by map) at this instant."""
-        raw, entries = {}, {}
+    def read(self) -> tuple[dict[str, dict], dict[str, tuple[int, int]]]:
+        """(series by map, (entries, max entries) by map) at this instant."""
+        raw, fill = {}, {}
         for s in self.sources:
             m = s.kernel_map()
             raw[s.map.name] = s.reader.read(m) if m is not None else {}
             if m is not None:
-                entries[s.map.name] = len(raw[s.map.name])
+                fill[s.map.name] = (len(raw[s.map.name]), m.max_entries)
         ids: set[int] = set()
         for s in self.sources:
             ids.update((k[0] for k in raw[s.map.name]) if s.map.paired else raw[s.map.name])
@@ -64,7 +64,7 @@ class CounterSeries:
             else:
                 label_of = base.get
             series[s.map.name] = s.ledger.aggregate(raw[s.map.name], label_of)
-        return series, entries
+        return series, fill
 
     def collect_garbage(self, now: float, grace: float) -> None:
         """Free map entries of cgroups that are gone.

@@ -24,7 +24,8 @@ from ..identity.processes import ProcessInfo
 from ..kernel.families.security import SecurityProbe
 from ..reader.events import EventReader
 from ..security.aggregate import EMIT, LIMITED, Aggregator
-from ..security.events import IdentityPart, event_line
+from ..security.events import IdentityPart
+from ..security.formats import Formatter, make_formatter
 from ..security.fields import EventView, normalize_path
 from ..security.kernel_filter import kernel_filter
 from ..security.model import RawEvent
@@ -68,17 +69,20 @@ class EventSink:
         output: EventOutput,
         clock: Callable[[], float] = time.monotonic,
         aggregator: Aggregator | None = None,
+        formatter: Formatter | None = None,
     ):
         self.rules = rules
         self.identity_of = identity_of
         self.proc = proc
         self.output = output
+        self.formatter = formatter or make_formatter("podsight")
         self._clock = clock
         self._lock = threading.Lock()
         self.aggregator = aggregator or Aggregator(window=0, max_lines=1)
         self.matches: dict[tuple[str, str, str], int] = {}
         self.drops: dict[tuple[str, str], int] = {}  # (reason, event kind): matches not written
         self._lines: list[str] = []
+        self._kinds: list[str] = []  # each line's event kind: the HTTP output counts its drops by kind
         self._pending: dict[tuple[str, str, str], int] = {}
         self._identities: dict[int, tuple[float, Mapping[str, object], IdentityPart]] = {}
 
@@ -100,7 +104,7 @@ class EventSink:
         if ev.kind == "exec":
             if not ev.exe.startswith("/") and ev.cwd:
                 ev.exe = normalize_path(ev.exe, ev.cwd)  # ./run.sh, run from its directory
-            self.proc.remember_exec(ev.pid, ev.exe, ev.comm)
+            self.proc.remember_exec(ev.pid, ev.exe, ev.comm, ev.start_ns)
         elif not ev.exe:  # the kernel could not walk it: too deep or too long
             ev.exe = self.proc.exe(ev.pid, ev.comm)
         identity, part = self._identity(ev.cgroup_id)
@@ -108,15 +112,18 @@ class EventSink:
         rules = self.rules.match_view(view)
         if not rules:
             return
+        if not ev.parent_exe:  # only for what is written: it may read /proc
+            ev.parent_exe = self.proc.parent_exe(ev.ppid, ev.parent_start_ns)
         ns = str(identity.get("namespace", ""))
-        lines, pending = self._lines, self._pending
+        lines, kinds, pending, line = self._lines, self._kinds, self._pending, self.formatter.line
         now = self._clock()
         target = _target(ev, view)
         for rule in rules:
             what = self.aggregator.offer((rule.name, ev.cgroup_id, ev.exe, ev.ppid, target), (rule.name, ev.cgroup_id),
                                          ev.ts_ns, now, (rule, ev, part, view))
             if what == EMIT:
-                lines.append(event_line(rule, ev, part, view))
+                lines.append(line(rule, ev, part, view))
+                kinds.append(ev.kind)
             elif what == LIMITED:
                 with self._lock:
                     self.drops[("output_limited", ev.kind)] = self.drops.get(("output_limited", ev.kind), 0) + 1
@@ -130,17 +137,17 @@ class EventSink:
         (one write per output) and count them."""
         for rep in self.aggregator.closed(self._clock() if now is None else now):
             rule, ev, part, view = rep.last
-            self._lines.append(event_line(rule, ev, part, view, rep))
+            self._lines.append(self.formatter.line(rule, ev, part, view, rep))
+            self._kinds.append(ev.kind)
         if not self._lines and not self._pending:
             return
-        text = "\n".join(self._lines) + "\n" if self._lines else ""
-        pending = self._pending
-        self._lines, self._pending = [], {}
+        lines, kinds, pending = self._lines, self._kinds, self._pending
+        self._lines, self._kinds, self._pending = [], [], {}
         with self._lock:
             for key, n in pending.items():
                 self.matches[key] = self.matches.get(key, 0) + n
-            if text:
-                self.output.write(text)
+            if lines:
+                self.output.write_lines(lines, kinds)
 
     def counts(self) -> dict[tuple[str, str, str], int]:
         with self._lock:
@@ -168,7 +175,8 @@ class SecurityPipeline:
         agg = cfg.security.output.aggregate
         self.identity = identity
         self.sink = EventSink(rules, identity.describe, ProcessInfo(cfg.security.proc_root), output,
-                              aggregator=Aggregator(agg.window, agg.max_lines))
+                              aggregator=Aggregator(agg.window, agg.max_lines),
+                              formatter=make_formatter(cfg.security.output.format))
         self.probe = SecurityProbe(kernel_filter(rules))
         self.reader: EventReader | None = None
 
@@ -187,7 +195,8 @@ class SecurityPipeline:
 
     def counts(self) -> SecurityCounts:
         """Matches and every loss, the kernel's and ours, for one snapshot."""
-        return SecurityCounts(self.sink.counts(), {**self.probe.drops(), **self.sink.dropped()})
+        return SecurityCounts(self.sink.counts(),
+                              {**self.probe.drops(), **self.sink.dropped(), **self.sink.output.dropped()})
 
     def stop(self) -> None:
         """Before the probe stops: the reader must not poll a freed ring buffer."""

@@ -37,7 +37,9 @@ class _Server6(_Server):
 
 class MetricsServer:
     """Serves ``render(gzip)`` at /metrics, gzip-encoded when the client
-    accepts it (every Prometheus does).  ``readiness()`` returns (ready, message).
+    accepts it (every Prometheus does).  ``readiness()`` and ``liveness()``
+    return (ok, message); /healthz fails (503) when a background thread of
+    the agent stopped making progress, not only when HTTP is down.
 
     /readyz stays 200 while degraded (e.g. Kubernetes API unreachable): the
     metrics are still worth scraping, and failing readiness would take the
@@ -45,9 +47,11 @@ class MetricsServer:
     """
 
     def __init__(self, host: str, port: int, render: Callable[[bool], Body],
-                 readiness: Callable[[], tuple[bool, str]]):
+                 readiness: Callable[[], tuple[bool, str]],
+                 liveness: Callable[[], tuple[bool, str]] = lambda: (True, "ok")):
         render_ = render
         readiness_ = readiness
+        liveness_ = liveness
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
@@ -62,7 +66,8 @@ class MetricsServer:
                         return
                     self._send(200, body, CONTENT_TYPE, {"Content-Encoding": "gzip"} if gzip else {})
                 elif path == "/healthz":
-                    self._send(200, b"ok\n", "text/plain")
+                    alive, msg = liveness_()
+                    self._send(200 if alive else 503, (msg + "\n").encode(), "text/plain")
                 elif path == "/readyz":
                     ready, msg = readiness_()
                     self._send(200 if ready else 503, (msg + "\n").encode(), "text/plain")

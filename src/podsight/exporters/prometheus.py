@@ -198,12 +198,23 @@ class MetricsRenderer:
         w.family("podsight_probe_up", "gauge", "1 if the probe (or probe part) is attached on this kernel, 0 if unavailable.")
         for probe, ok in sorted(snap.probes.items()):
             w.sample("podsight_probe_up", f'probe="{probe}",node="{node}"', int(ok))
+        if snap.probe_states:
+            w.family("podsight_probe_state", "gauge", "1 for the probe's state: up, unsupported (this kernel lacks "
+                     "what it needs: expected on this node) or failed (it should work and does not).")
+            for probe, state in sorted(snap.probe_states.items()):
+                for s in ("up", "unsupported", "failed"):
+                    w.sample("podsight_probe_state", f'probe="{probe}",state="{s}",node="{node}"', int(s == state))
         if snap.kubernetes_api_up is not None:
             w.family("podsight_kubernetes_api_up", "gauge", "1 if the pod watch on the Kubernetes API is healthy.")
             w.sample("podsight_kubernetes_api_up", f'node="{node}"', int(snap.kubernetes_api_up))
-        w.family("podsight_bpf_map_entries", "gauge", "Entries in a BPF map, read at scrape time.")
+        w.family("podsight_bpf_map_entries", "gauge", "Entries in a BPF map, read at scrape time "
+                 "(tcp_socks: at the last RTT sample).")
         for name, n in sorted(snap.map_entries.items()):
             w.sample("podsight_bpf_map_entries", f'map="{name}",node="{node}"', n)
+        if snap.map_max_entries:
+            w.family("podsight_bpf_map_max_entries", "gauge", "Capacity of a BPF map: entries beyond it are not counted.")
+            for name, n in sorted(snap.map_max_entries.items()):
+                w.sample("podsight_bpf_map_max_entries", f'map="{name}",node="{node}"', n)
         if snap.programs:
             w.family("podsight_bpf_program_runs", "counter", "Times each podsight BPF program ran (kernel BPF stats).")
             w.samples("podsight_bpf_program_runs_total",

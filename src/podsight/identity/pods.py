@@ -23,6 +23,7 @@ import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from ..heartbeat import Heartbeat
 from .kubeconfig import SERVICE_ACCOUNT_DIR, load_client_config
 from .workload import derive_workload
 
@@ -228,6 +229,7 @@ class PodWatcher:
         self._client = None
         self._transport = None
         self._attempt = 0  # consecutive failures, for the backoff
+        self.heartbeat = Heartbeat("kubernetes pod watch")
 
     # -- public surface --------------------------------------------------
 
@@ -327,11 +329,16 @@ class PodWatcher:
                 log.info("Kubernetes API %s reachable", self._config.cluster.server)
             self._api_up = up
 
+    # A list or a watch that has not returned or brought an event this long
+    # after its server timeout is a hung connection, not a quiet cluster.
+    PROGRESS_GRACE = 120.0
+
     def _run(self) -> None:
         self._attempt = 0
         gone_in_a_row = 0
         rv: str | None = None
         while not self._stopping.is_set():
+            self.heartbeat.beat(WATCH_TIMEOUT_RANGE[1] + self.PROGRESS_GRACE)
             try:
                 client = self._client_or_new()
                 if rv is None:
@@ -354,6 +361,7 @@ class PodWatcher:
                 self._attempt += 1
                 # Warn once per outage (also when the API was never reached);
                 # the retries of the same outage go to debug.
+                self.heartbeat.beat(delay + self.PROGRESS_GRACE)
                 level = logging.WARNING if self._attempt == 1 else logging.DEBUG
                 log.log(level, "Kubernetes API %s: pod list/watch failed (%s: %s); "
                         "labels stay as known, retry %d in %.2fs", self._config.cluster.server,
@@ -361,6 +369,7 @@ class PodWatcher:
                 self._stopping.wait(delay)
             else:
                 gone_in_a_row = 0
+        self.heartbeat.done()
         if self._client is not None and self._thread is None:
             self._client.close()
             self._client = None
@@ -397,6 +406,7 @@ class PodWatcher:
                               resource_version=rv)
         try:
             for ev_type, obj in events:
+                self.heartbeat.beat(WATCH_TIMEOUT_RANGE[1] + self.PROGRESS_GRACE)
                 if self._stopping.is_set():
                     break
                 new_rv = obj.metadata.resourceVersion if obj.metadata is not None else None

@@ -6,6 +6,8 @@ import time
 from collections import OrderedDict
 from typing import Callable
 
+_TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
 __all__ = ["ProcessInfo"]
 
 
@@ -28,13 +30,44 @@ class ProcessInfo:
         self._clock = clock
         self._exe: OrderedDict[int, tuple[str, str]] = OrderedDict()  # pid → (comm, exe) from exec events
         self._read: dict[tuple[int, str], tuple[float, str]] = {}     # (pid, comm) → (until, exe) from /proc
+        self._parents: OrderedDict[tuple[int, int], str] = OrderedDict()  # (pid, start) → exe: never stale
         self._size = size
+        self._boot_offset = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
 
-    def remember_exec(self, pid: int, exe: str, comm: str = "") -> None:
+    def remember_exec(self, pid: int, exe: str, comm: str = "", start_ns: int = 0) -> None:
         self._exe[pid] = (comm, exe)
         self._exe.move_to_end(pid)
+        if start_ns:
+            self._parents[(pid, start_ns)] = exe  # a later exec of the same process replaces it
+            self._parents.move_to_end((pid, start_ns))
         if len(self._exe) > self._size:
             self._exe.popitem(last=False)
+        while len(self._parents) > self._size:
+            self._parents.popitem(last=False)
+
+    def parent_exe(self, ppid: int, start_ns: int) -> str:
+        """The executable of process ``ppid`` if it is the one started at
+        ``start_ns`` (CLOCK_REALTIME, as events carry it; /proc counts from
+        boot), "" otherwise: a reused PID never lends its exe."""
+        if not ppid or not start_ns:
+            return ""
+        key = (ppid, start_ns)
+        exe = self._parents.get(key)
+        if exe is not None:
+            return exe
+        exe = ""
+        try:
+            with open(f"{self.proc_root}/{ppid}/stat", "rb") as f:
+                stat = f.read()
+            ticks = int(stat.rpartition(b")")[2].split()[19])  # field 22, after the comm
+            if abs(ticks * _TICK_NS - (start_ns - self._boot_offset)) <= 2 * _TICK_NS:
+                exe = self._link(ppid, "exe")
+        except (OSError, ValueError, IndexError):
+            pass
+        self._parents[key] = exe
+        if len(self._parents) > self._size:
+            self._parents.popitem(last=False)
+        return exe
 
     def exe(self, pid: int, comm: str | None = None) -> str:
         """``comm`` None: whatever is known for the pid, without the comm check."""

@@ -6,31 +6,54 @@ import os
 from dataclasses import dataclass
 
 from . import mounts
+from .families import FAMILIES
 from .libbpf import MAP_TYPES, PROG_TYPES, lib
 
 __all__ = ["Check", "run_checks", "TRACEPOINTS"]
 
-# Tracepoints each probe family attaches to (category/name under tracefs events/).
-TRACEPOINTS = {
-    "tcp": [
-        "sock/inet_sock_set_state",
-        "tcp/tcp_retransmit_skb",
-        "tcp/tcp_send_reset",
-        "tcp/tcp_receive_reset",
-        "skb/kfree_skb",
-    ],
-    "security": [
-        "sched/sched_process_exec",
-        "syscalls/sys_enter_execve",
-        "syscalls/sys_enter_open",
-        "syscalls/sys_enter_creat",
-        "syscalls/sys_enter_openat",
-        "syscalls/sys_exit_openat",
-        "syscalls/sys_enter_fchmodat",
-        "syscalls/sys_enter_ptrace",
-        "syscalls/sys_enter_connect",
-    ],
-}
+# Tracepoints each probe family attaches to (category/name under tracefs
+# events/), from the families' declarations.
+TRACEPOINTS = {f.name: sorted({hook for hook in f.programs.values() if hook and not hook.startswith("cgroup_skb/")})
+               for f in FAMILIES}
+TRACEPOINTS = {name: tps for name, tps in TRACEPOINTS.items() if tps}
+
+_PERF_TYPE_TRACEPOINT = 2
+_SYS_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
+
+
+def perf_event_tracepoint(tracefs: str, tracepoint: str = "sched/sched_process_exec") -> tuple[bool, str]:
+    """Open (and close) a perf event on a tracepoint, as libbpf does to
+    attach a tracepoint program.  Ubuntu's kernel.perf_event_paranoid = 4
+    refuses it to anything without CAP_SYS_ADMIN, CAP_PERFMON or not."""
+    nr = _SYS_PERF_EVENT_OPEN.get(os.uname().machine)
+    try:
+        with open(os.path.join(tracefs, "events", tracepoint, "id")) as f:
+            tp_id = int(f.read())
+    except (OSError, ValueError) as e:
+        return False, f"no tracepoint id: {e}"
+    if nr is None:
+        return True, "not tried on this architecture"
+
+    class Attr(ctypes.Structure):  # struct perf_event_attr, as far as it is needed (PERF_ATTR_SIZE_VER0 = 64)
+        _fields_ = [("type", ctypes.c_uint32), ("size", ctypes.c_uint32), ("config", ctypes.c_uint64),
+                    ("sample_period", ctypes.c_uint64), ("sample_type", ctypes.c_uint64),
+                    ("read_format", ctypes.c_uint64), ("flags", ctypes.c_uint64), ("wakeup", ctypes.c_uint32),
+                    ("bp_type", ctypes.c_uint32), ("config1", ctypes.c_uint64)]
+
+    attr = Attr(type=_PERF_TYPE_TRACEPOINT, size=ctypes.sizeof(Attr), config=tp_id, sample_period=1)
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(nr, ctypes.byref(attr), -1, 0, -1, ctypes.c_ulong(8))  # pid -1, cpu 0, PERF_FLAG_FD_CLOEXEC
+    if fd < 0:
+        err = ctypes.get_errno()
+        try:
+            with open("/proc/sys/kernel/perf_event_paranoid") as f:
+                paranoid = f.read().strip()
+        except OSError:
+            paranoid = "?"
+        return False, f"{os.strerror(err)}; kernel.perf_event_paranoid = {paranoid} (deploy/README.md)"
+    os.close(fd)
+    return True, ""
+
 
 BPF_FUNC_SKB_CGROUP_ID = 79
 
@@ -114,6 +137,10 @@ def run_checks() -> list[Check]:
         ok = _probe_prog(kind)
         out.append(Check(f"program type {kind}", ok, why, core))
     out.append(Check("program type tracing (tp_btf)", probe_tp_btf(), "tcp probe: connection states", False))
+    if tracefs is not None:
+        ok, why = perf_event_tracepoint(tracefs)
+        out.append(Check("perf_event_open on a tracepoint", ok,
+                         "attaching tcp and security tracepoint programs" + (f" ({why})" if why else ""), False))
     for obj, prog, what in (("tcp", "tcp_rtt_sample", "tcp probe: RTT sampler"),
                             ("security", "sec_openat", "security probe: the rules' kernel filter (bpf_loop, 5.17+)")):
         ok, why = program_loads(obj, prog)

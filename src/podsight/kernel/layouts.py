@@ -120,6 +120,8 @@ class SecurityEvent(ctypes.Structure):
         ("cgroup_id", c_uint64),
         ("ret", c_int64),
         ("ptrace_request", c_int64),
+        ("start_ns", c_uint64),
+        ("parent_start_ns", c_uint64),
         ("kind", c_uint32),
         ("syscall", c_uint32),
         ("pid", c_uint32),

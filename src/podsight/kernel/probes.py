@@ -27,6 +27,9 @@ class Probe:
     error: str = ""
     obj: BpfObject | None = field(default=None, repr=False)
     sample_interval: float = 0.0  # seconds between sample() calls; 0: never
+    # Parts this kernel cannot run (a missing tracepoint, a program it
+    # refuses): expected on such a node, unlike a part that failed.
+    unsupported: set[str] = field(default_factory=set)
 
     def configure(self, obj: BpfObject, cfg: Config) -> None:
         """Set load-time knobs (``const volatile``) and map sizes before load."""
@@ -37,6 +40,15 @@ class Probe:
     def status(self) -> dict[str, bool]:
         """``podsight_probe_up`` values: probe (or probe part) name → attached."""
         return {self.name: self.up}
+
+    def states(self) -> dict[str, str]:
+        """``podsight_probe_state``: part → up, unsupported or failed."""
+        return {part: "up" if ok else "unsupported" if part in self.unsupported else "failed"
+                for part, ok in self.status().items()}
+
+    def map_fill(self) -> dict[str, tuple[int, int]]:
+        """Maps besides the counter maps whose fill the probe knows: name → (entries, max entries)."""
+        return {}
 
     def key_names(self, counter_map: str) -> dict[int, str]:
         """Names of a paired counter map's second key on this kernel (e.g. drop reasons)."""

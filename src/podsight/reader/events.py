@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Callable
 
+from ..heartbeat import Heartbeat
 from ..kernel.layouts import SEC_ARGS_LEN, SEC_KINDS, SEC_SYSCALLS, SecurityEvent
 from ..kernel.libbpf import SAMPLE_FN, check_ptr, lib
 from ..security.model import RawEvent
@@ -26,10 +27,9 @@ log = logging.getLogger("podsight.events")
 _AF_INET, _AF_INET6 = 2, 10
 _INT_CODES = {1: "b", 2: "h", 4: "i", 8: "q"}
 # The fields ``decode`` unpacks, in layout order (all but ``args``).
-_HEAD_FIELDS = ("ts_ns", "cgroup_id", "ret", "ptrace_request", "kind", "syscall", "pid", "tid", "ppid", "uid",
-                "gid", "flags", "mode", "target_pid", "family", "dst_port", "args_len", "clauses", "pad", "dst_addr",
-                "comm",
-                "parent_comm", "path", "cwd", "exe")
+_HEAD_FIELDS = ("ts_ns", "cgroup_id", "ret", "ptrace_request", "start_ns", "parent_start_ns", "kind", "syscall",
+                "pid", "tid", "ppid", "uid", "gid", "flags", "mode", "target_pid", "family", "dst_port", "args_len",
+                "clauses", "pad", "dst_addr", "comm", "parent_comm", "path", "cwd", "exe")
 
 
 def _head_struct() -> struct.Struct:
@@ -74,12 +74,14 @@ def _text(b: bytes) -> str:
 
 
 def decode(raw: bytes, offset_ns: int) -> RawEvent:
-    (ts_ns, cgroup_id, ret, ptrace_request, kind_no, syscall_no, pid, tid, ppid, uid, gid, flags, mode, target_pid,
+    (ts_ns, cgroup_id, ret, ptrace_request, start_ns, parent_start_ns, kind_no, syscall_no, pid, tid, ppid, uid, gid, flags, mode, target_pid,
      family, dst_port, args_len, _clauses, _pad, dst_addr, comm, parent_comm, path, cwd, exe) = _HEAD.unpack_from(raw)
     kind = SEC_KINDS[kind_no] if kind_no < len(SEC_KINDS) else "unknown"
     ev = RawEvent(
         kind=kind,
         ts_ns=ts_ns + offset_ns,
+        start_ns=start_ns + offset_ns if start_ns else 0,
+        parent_start_ns=parent_start_ns + offset_ns if parent_start_ns else 0,
         cgroup_id=cgroup_id,
         pid=pid,
         tid=tid,
@@ -132,6 +134,7 @@ class EventReader:
         self._rb = check_ptr("ring_buffer__new", lib.ring_buffer__new(map_fd, self._cb, None, None))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="podsight-events", daemon=True)
+        self.heartbeat = Heartbeat("security event reader")
 
     def _sample(self, _ctx, data, size) -> int:
         try:
@@ -142,13 +145,19 @@ class EventReader:
             log.exception("cannot handle a security event")
         return 0
 
+    # A poll returns within 200 ms; writing a batch out may wait on a slow
+    # stdout reader, but not for a minute.
+    PROGRESS_WITHIN = 60.0
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            self.heartbeat.beat(self.PROGRESS_WITHIN)
             ret = lib.ring_buffer__poll(self._rb, 200)
             if ret < 0 and -ret != 4:  # EINTR is harmless
                 log.error("ring buffer poll failed: %s", os.strerror(-ret))
                 time.sleep(0.2)
             self._flush()
+        self.heartbeat.done()
 
     def _flush(self) -> None:
         if self.flush is None:

@@ -5,8 +5,8 @@ Shape (published as ``event.schema.json``, documented in docs/security.md)::
     {"time": "2026-11-26T06:05:36.123456789Z", "rule": ..., "severity": ...,
      "summary": "human sentence", "tags": [...], "event": "open",
      "node", "namespace", "pod", "container", "image", "workload", ...,
-     "process": {"pid", "tid", "name", "exe", "args", "cwd", "script", "uid", "gid"},
-     "parent": {"pid", "name"},
+     "process": {"pid", "tid", "name", "exe", "args", "cwd", "script", "uid", "gid", "start", "exec_id"},
+     "parent": {"pid", "name", "exe", "start", "exec_id"},
      "syscall": {"name", "path", "flags", "mode", "request", "target_pid",
                  "family", "dst_ip", "dst_port", "return_code", "error"},
      "count", "first_time", "last_time"}         # only on a summary of repeats
@@ -23,6 +23,7 @@ separators=(",", ":"))``; tests hold the two together.
 """
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -174,6 +175,19 @@ def _syscall_fields(ev: RawEvent, path: str) -> dict[str, object]:
     return out
 
 
+def exec_id(node: str, start_ns: int, pid: int) -> str:
+    """Tetragon's exec id: base64 of ``node:start_ns:pid``, one execution of
+    one process on one node (a reused PID has another start); "" while the
+    start is unknown."""
+    if not start_ns:
+        return ""
+    return base64.b64encode(f"{node}:{start_ns}:{pid}".encode()).decode("ascii")
+
+
+def _start(ns: int) -> str:
+    return rfc3339_ns(ns) if ns else ""
+
+
 def build_event(rule: Rule, ev: RawEvent, identity: Mapping[str, object],
                 view: EventView | None = None, repeat: Repeat | None = None) -> dict[str, object]:
     """The JSON-ready dict for one match (``view`` reuses matching's work);
@@ -204,8 +218,12 @@ def build_event(rule: Rule, ev: RawEvent, identity: Mapping[str, object],
         "script": _script(ev, args),
         "uid": ev.uid,
         "gid": ev.gid,
+        "start": _start(ev.start_ns),
+        "exec_id": exec_id(str(identity.get("node") or ""), ev.start_ns, ev.pid),
     }
-    obj["parent"] = {"pid": ev.ppid, "name": ev.parent_comm}
+    obj["parent"] = {"pid": ev.ppid, "name": ev.parent_comm, "exe": _redacted(ev.parent_exe),
+                     "start": _start(ev.parent_start_ns),
+                     "exec_id": exec_id(str(identity.get("node") or ""), ev.parent_start_ns, ev.ppid)}
     obj["syscall"] = _syscall_fields(ev, path)
     if repeat is not None:
         obj["count"] = repeat.count
@@ -311,12 +329,16 @@ def event_line(rule: Rule, ev: RawEvent, part: IdentityPart, view: EventView | N
     path = _redacted(view.path)
     head, tail = _rule_json(rule)
     text = _summary(rule, view, args, path, part.where)
+    node = str(part.identity.get("node") or "")
     return (
         f'{{"time":"{rfc3339_ns(ev.ts_ns)}",{head}{_jstr(text)}{tail}{_jstr(ev.kind)},{part.json},'
         f'"cgroup_id":{ev.cgroup_id},"process":{{"pid":{ev.pid},"tid":{ev.tid},"name":{_jstr(ev.comm)},'
         f'"exe":{_jstr(_redacted(ev.exe))},"args":[{",".join(map(_jstr, args))}],'
         f'"args_truncated":{"true" if ev.args_truncated else "false"},"cwd":{_jstr(_redacted(ev.cwd))},'
-        f'"script":{_jstr(_script(ev, args))},"uid":{ev.uid},"gid":{ev.gid}}},"parent":{{"pid":{ev.ppid},"name":{_jstr(ev.parent_comm)}}},'
+        f'"script":{_jstr(_script(ev, args))},"uid":{ev.uid},"gid":{ev.gid},"start":"{_start(ev.start_ns)}",'
+        f'"exec_id":"{exec_id(node, ev.start_ns, ev.pid)}"}},"parent":{{"pid":{ev.ppid},"name":{_jstr(ev.parent_comm)},'
+        f'"exe":{_jstr(_redacted(ev.parent_exe))},"start":"{_start(ev.parent_start_ns)}",'
+        f'"exec_id":"{exec_id(node, ev.parent_start_ns, ev.ppid)}"}},'
         f'"syscall":{{{_syscall_json(ev, path)}}}{_repeat_json(repeat)}}}'
     )
 

@@ -56,6 +56,9 @@ class RawEvent:
     comm: str = ""                 # task comm, at most 15 bytes
     exe: str = ""                  # executable path of the process
     parent_comm: str = ""
+    parent_exe: str = ""           # the parent's executable, when its start time proves it is still the parent
+    start_ns: int = 0              # process start, CLOCK_REALTIME ns: (pid, start_ns) survives PID reuse
+    parent_start_ns: int = 0
     args: list[str] = field(default_factory=list)  # argv incl. argv[0] (exec only), bounded
     args_truncated: bool = False   # the kernel hit its argv bound
     cwd: str = ""                  # working directory, "" when unknown

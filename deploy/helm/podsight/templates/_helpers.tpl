@@ -77,6 +77,30 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if $sec.enabled }}true{{- end }}
 {{- end }}
 
+{{/* "true" on Kubernetes >= 1.30: securityContext.appArmorProfile and
+volumeMounts[].recursiveReadOnly exist (the API of 1.25-1.29 has neither). */}}
+{{- define "podsight.kube130" -}}
+{{- if semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version }}true{{- end }}
+{{- end }}
+
+{{/* The AppArmor annotation value of 1.25-1.29 for .Values.appArmorProfile. */}}
+{{- define "podsight.appArmorAnnotation" -}}
+{{- $p := .Values.appArmorProfile }}
+{{- if eq $p.type "Unconfined" }}unconfined
+{{- else if eq $p.type "RuntimeDefault" }}runtime/default
+{{- else if eq $p.type "Localhost" }}localhost/{{ $p.localhostProfile }}
+{{- else }}{{ fail (printf "appArmorProfile.type %v: expected Unconfined, RuntimeDefault or Localhost" $p.type) }}
+{{- end }}
+{{- end }}
+
+{{/* readOnly (and recursiveReadOnly, where the API has it) of a host mount. */}}
+{{- define "podsight.hostMountReadOnly" -}}
+readOnly: true
+{{- if and .Values.hostMounts.recursiveReadOnly (include "podsight.kube130" .) }}
+recursiveReadOnly: {{ .Values.hostMounts.recursiveReadOnly }}
+{{- end }}
+{{- end }}
+
 {{- define "podsight.mountProc" -}}
 {{- $p := .Values.hostMounts.proc }}
 {{- if or (eq (toString $p) "true") (and (eq (toString $p) "auto") (include "podsight.securityEnabled" .)) }}true{{- end }}
@@ -124,4 +148,51 @@ So: honorLabels, drop those target labels, keep the node.
   action: replace
 - regex: namespace|pod|container
   action: labeldrop
+{{- end }}
+
+{{/*
+Monitor spec fields shared by the ServiceMonitor and the PodMonitor: scrape
+limits and attachMetadata (0 / empty: left out, Prometheus's own defaults).
+*/}}
+{{- define "podsight.monitorSpecExtras" -}}
+{{- range $k := list "sampleLimit" "labelLimit" "targetLimit" }}
+{{- with index $ $k }}
+{{ $k }}: {{ int64 . }}
+{{- end }}
+{{- end }}
+{{- with .attachMetadata }}
+attachMetadata:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Endpoint fields shared by both monitors: scheme, TLS and one kind of auth.
+Arguments: dict "m" (the monitor's values) "name" (its values key).
+*/}}
+{{- define "podsight.endpointExtras" -}}
+{{- $m := .m }}
+{{- $auth := list }}
+{{- range $k := list "basicAuth" "authorization" "bearerTokenSecret" }}
+{{- if index $m $k }}{{ $auth = append $auth $k }}{{ end }}
+{{- end }}
+{{- if gt (len $auth) 1 }}
+{{- fail (printf "%s: set one of basicAuth, authorization and bearerTokenSecret, not %s" .name (join " and " $auth)) }}
+{{- end }}
+{{- with $m.scheme }}
+scheme: {{ . }}
+{{- end }}
+{{- range $k := list "tlsConfig" "basicAuth" "authorization" "bearerTokenSecret" }}
+{{- with index $m $k }}
+{{ $k }}:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Both scrape objects at once would scrape (and store) every series twice. */}}
+{{- define "podsight.oneMonitor" -}}
+{{- if and .Values.serviceMonitor.enabled .Values.podMonitor.enabled }}
+{{- fail "serviceMonitor.enabled and podMonitor.enabled are both true: Prometheus would scrape every agent twice and store every series twice. Enable one of them (podMonitor needs no Service)." }}
+{{- end }}
 {{- end }}

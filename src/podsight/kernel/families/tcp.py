@@ -41,6 +41,7 @@ class TcpProbe(Probe):
         super().__init__("tcp", "tcp")
         self.parts: dict[str, bool] = {part: False for part in self.PARTS}
         self.drop_reasons: dict[int, str] = {}  # this kernel's numbering
+        self.tracked: int | None = None  # tcp_socks entries at the last sample
 
     def configure(self, obj: BpfObject, cfg: Config) -> None:
         self.sample_interval = float(cfg.probes.tcp.srtt_sample_interval)
@@ -57,6 +58,7 @@ class TcpProbe(Probe):
                 if not ok:
                     log.warning("%s missing on this kernel: %s part disabled", tp, part)
                     obj.set_autoload(prog, False)
+                    self.unsupported.add(part)
 
     def optional_programs(self) -> set[str]:
         return {self.RTT_SAMPLER}
@@ -64,6 +66,7 @@ class TcpProbe(Probe):
     def refused(self, programs: set[str]) -> None:
         for prog in programs:
             self._present[prog] = False
+            self.unsupported.update(part for part, progs in self.PARTS.items() if prog in progs)
 
     def attach(self, obj: BpfObject, cfg: Config, cgroup_root: str) -> None:
         for part, progs in self.PARTS.items():
@@ -86,7 +89,12 @@ class TcpProbe(Probe):
 
     def sample(self) -> None:
         if self.up and self.parts["tcp_rtt"]:
-            self.obj.run(self.RTT_SAMPLER)
+            self.tracked = self.obj.run(self.RTT_SAMPLER)  # it returns the entries it walked
+
+    def map_fill(self) -> dict[str, tuple[int, int]]:
+        if not self.up or self.tracked is None:
+            return {}
+        return {"tcp_socks": (self.tracked, self.obj.maps["tcp_socks"].max_entries)}
 
     def key_names(self, counter_map: str) -> dict[int, str]:
         return self.drop_reasons if counter_map == "network_drops" else {}
