@@ -53,7 +53,13 @@ WORKDIR /src
 # (--python) from the locks: every file checked against its sha256, no
 # dependency resolution, wheels only.
 COPY requirements/image.lock requirements/image-build.lock requirements/
-RUN python3 -m venv /opt/build-tools \
+# Optional build secrets for the one RUN that downloads: a pip.conf (index,
+# proxy, `cert = /run/secrets/pip_ca`) and the CA bundle it names, for networks
+# that re-sign TLS (scripts/image.sh passes the host's /etc/pip.conf). Not
+# given, nothing is mounted and the build is the same; nothing stays in a layer.
+RUN --mount=type=secret,id=pip_conf,target=/etc/pip.conf \
+    --mount=type=secret,id=pip_ca,target=/run/secrets/pip_ca \
+    python3 -m venv /opt/build-tools \
  && /opt/build-tools/bin/pip install --no-cache-dir --require-hashes --no-deps --only-binary=:all: \
       -r requirements/image-build.lock \
  && python3 -m venv --without-pip /opt/podsight \
