@@ -1,9 +1,10 @@
 """The image built from the repository's Dockerfile (scripts/image.sh), run
 with the chart's own rendered pod spec (tests/image/podspec.py) by podman
 and runc: every probe up, /metrics served, a podman container under a
-kubelet-style cgroup parent counted for its pod with exact bytes, SIGTERM
-exits 0 and leaves no bpf link; under the runtime's default seccomp profile
-the agent comes up degraded.
+kubelet-style cgroup parent counted for its pod (its payload plus at most
+the IP and TCP headers of each packet: not yet exact, see the byte check),
+SIGTERM exits 0 and leaves no bpf link; under the runtime's default seccomp
+profile the agent comes up degraded.
 
 Networks: the agent pod's own (``--network none``: the chart sets no
 hostNetwork) reached through its netns; never podman's bridge. Storage: the
