@@ -96,10 +96,8 @@ class Agent:
     def snapshot(self) -> Snapshot:
         with self._lock:
             series, fill = self.counters.read()
-            probes: dict[str, bool] = {}
             states: dict[str, str] = {}
             for p in self.probes.values():
-                probes.update(p.status())
                 states.update(p.states())
                 fill.update(p.map_fill())
             return Snapshot(
@@ -109,7 +107,6 @@ class Agent:
                 key_names={s.map.name: s.probe.key_names(s.map.name) for s in self.counters.sources if s.map.paired},
                 map_entries={m: n for m, (n, _) in fill.items()},
                 map_max_entries={m: n for m, (_, n) in fill.items()},
-                probes=probes,
                 probe_states=states,
                 programs=self._program_stats(),
                 kubernetes_api_up=self.identity.kubernetes_api_up,

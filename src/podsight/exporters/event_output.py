@@ -29,15 +29,6 @@ class EventOutput:
         return cls([sys.stdout] if stdout else [], file,
                    HttpOutput.from_config(http) if http is not None and http.url else None)
 
-    def write(self, text: str) -> None:
-        """Whole lines, each ending in a newline, to the streams and the file.
-
-        The HTTP output, when there is one, gets each line with kind ``unknown``:
-        callers that know the kinds use ``write_lines``."""
-        self._write_streams(text)
-        if self.http is not None:
-            self.http.offer_many(("unknown", line) for line in text.splitlines() if line)
-
     def write_lines(self, lines: Sequence[str], kinds: Sequence[str]) -> None:
         """One event per line (no newlines), its kind (``exec``, ``open``...) beside it:
         one write per stream, and every line offered to the HTTP output."""

@@ -34,8 +34,12 @@ class Snapshot:
     key_names: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
     map_entries: Mapping[str, int] = field(default_factory=dict)
     map_max_entries: Mapping[str, int] = field(default_factory=dict)
-    probes: Mapping[str, bool] = field(default_factory=dict)
     probe_states: Mapping[str, str] = field(default_factory=dict)  # part → up | unsupported | failed
     programs: Mapping[str, ProgramStats] = field(default_factory=dict)
     kubernetes_api_up: bool | None = None
     security: SecurityCounts | None = None
+
+    @property
+    def probes(self) -> dict[str, bool]:
+        """Probe part → attached (``podsight_probe_up``)."""
+        return {part: state == "up" for part, state in self.probe_states.items()}

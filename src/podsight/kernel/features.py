@@ -13,9 +13,8 @@ __all__ = ["Check", "run_checks", "TRACEPOINTS"]
 
 # Tracepoints each probe family attaches to (category/name under tracefs
 # events/), from the families' declarations.
-TRACEPOINTS = {f.name: sorted({hook for hook in f.programs.values() if hook and not hook.startswith("cgroup_skb/")})
-               for f in FAMILIES}
-TRACEPOINTS = {name: tps for name, tps in TRACEPOINTS.items() if tps}
+TRACEPOINTS = {f.name: tps for f in FAMILIES
+               if (tps := sorted({h for h in f.programs.values() if h and not h.startswith("cgroup_skb/")}))}
 
 _PERF_TYPE_TRACEPOINT = 2
 _SYS_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}

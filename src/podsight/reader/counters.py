@@ -7,7 +7,7 @@ from operator import add
 from ..kernel.family import U64_KEY
 from ..kernel.loader import Map
 
-__all__ = ["CounterReader", "read_counters"]
+__all__ = ["CounterReader"]
 
 
 class CounterReader:
@@ -58,8 +58,3 @@ class CounterReader:
                 out.update(items)
         self._last = seen
         return out
-
-
-def read_counters(m: Map, width: int, key: struct.Struct = U64_KEY) -> dict:
-    """One read of ``m``, without the memory of the last (see CounterReader)."""
-    return CounterReader(width, key).read(m)

@@ -96,9 +96,8 @@ def new_event_id(ts_ns: int) -> str:
 
 
 def process_identity(ev: RawEvent) -> tuple[int, int, str]:
-    """(start_ns, parent_start_ns, parent_exe) of an event; 0, 0, "" where the RawEvent lacks them."""
-    return (int(getattr(ev, "start_ns", 0) or 0), int(getattr(ev, "parent_start_ns", 0) or 0),
-            str(getattr(ev, "parent_exe", "") or ""))
+    """(start_ns, parent_start_ns, parent_exe) of an event (0, 0, "" when unknown)."""
+    return ev.start_ns, ev.parent_start_ns, ev.parent_exe
 
 
 def split_image(image: str) -> tuple[str, str, str]:
