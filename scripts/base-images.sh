@@ -16,23 +16,19 @@ cd "$(dirname "$0")/.."
 SUITE=${PODSIGHT_BASE_SUITE:-bookworm}
 REPO_NAME=localhost/podsight-base/debian
 
-# The first Debian URI configured for apt (deb822 .sources or one-line lists).
-mirror() {
-  local m=""
-  m=$(awk '/^URIs:/ {for (i = 2; i <= NF; i++) if ($i !~ /security/) {print $i; exit}}' \
+# The first Debian URI configured for apt (deb822 .sources or one-line lists)
+# whose URL does (security) or does not (main) name the security archive.
+apt_uri() {  # apt_uri security|main DEFAULT
+  local op='!~' m=""
+  [ "$1" = security ] && op='~'
+  m=$(awk "/^URIs:/ {for (i = 2; i <= NF; i++) if (\$i $op /security/) {print \$i; exit}}" \
         /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1 || true)
-  [ -n "$m" ] || m=$(awk '$1 == "deb" && $0 !~ /security/ {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' \
+  [ -n "$m" ] || m=$(awk "\$1 == \"deb\" && \$0 $op /security/ {for (i = 2; i <= NF; i++) if (\$i ~ /^[a-z]+:\\/\\//) {print \$i; exit}}" \
         /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | head -n1 || true)
-  echo "${m:-http://deb.debian.org/debian}"
+  echo "${m:-$2}"
 }
-security_mirror() {
-  local m=""
-  m=$(awk '/^URIs:/ {for (i = 2; i <= NF; i++) if ($i ~ /security/) {print $i; exit}}' \
-        /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1 || true)
-  [ -n "$m" ] || m=$(awk '$1 == "deb" && /security/ {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' \
-        /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | head -n1 || true)
-  echo "${m:-http://deb.debian.org/debian-security}"
-}
+mirror() { apt_uri main http://deb.debian.org/debian; }
+security_mirror() { apt_uri security http://deb.debian.org/debian-security; }
 
 MIRROR=$(mirror)
 SECURITY=$(security_mirror)

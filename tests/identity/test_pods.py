@@ -375,7 +375,8 @@ def test_a_hung_api_connection_shows_as_a_stuck_watch(tmp_path, watchers, monkey
         w = PodWatcher(NODE, str(kc), backoff_max=0.2)
         watchers.append(w)
         w.start()
-        wait_for(lambda: late([w.heartbeat]), what="the hung watch to be overdue", timeout=20)
+        # Due 1.5 s after the request began: well before the client gives up on it (10 s).
+        wait_for(lambda: late([w.heartbeat]), what="the hung watch to be overdue", timeout=5)
         assert late([w.heartbeat])[0].startswith("kubernetes pod watch")
     finally:
         hole.close()
