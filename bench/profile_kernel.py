@@ -159,7 +159,7 @@ def main() -> int:
     # itself) show only as symbols that grow from "empty" to "podsight".
     empty, ours = by_mode["empty"], by_mode["podsight"]
     grew = sorted(((ours.get(k, 0) - empty.get(k, 0), k) for k in set(ours) | set(empty)), reverse=True)
-    print(f"\n== symbols that grew most from empty to podsight (share of all CPU samples)")
+    print("\n== symbols that grew most from empty to podsight (share of all CPU samples)")
     for d, k in grew[: a.top]:
         print(f"  {d:+5.2f}%  {k}")
     return 0

@@ -20,10 +20,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))  # tests.support
 
-from benchlib import churn, compare, env, events, kernel_cost, render, report, scale, throughput  # noqa: E402
+from benchlib import churn, compare, env, events, kernel_cost, render, report, scale, throughput, tls  # noqa: E402
 from benchlib.machine import bpf_stats_sysctl, machine_info  # noqa: E402
 
-FIGURES = ("throughput", "churn", "kernel_cost", "scale", "events", "render")
+FIGURES = ("throughput", "churn", "tls", "kernel_cost", "scale", "events", "render")
 
 
 def _args(argv):
@@ -97,6 +97,7 @@ def main(argv=None) -> int:
         steps = {
             "throughput": lambda: throughput.run(node, a.rounds, a.seconds, log),
             "churn": lambda: churn.run(node, tools["httpd"], a.rounds, a.seconds, log),
+            "tls": lambda: tls.run(node, tools, a.rounds, a.seconds, log),
             "kernel_cost": lambda: kernel_cost.run(node, tools["httpd"], max(1, min(a.repeats, 3)), a.seconds,
                                                    50 if a.quick else 500, log),
             "scale": lambda: scale.run(node, a.pods, 3, a.scrapes, max(1, min(a.repeats, 3)), a.idle_seconds,

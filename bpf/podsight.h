@@ -63,6 +63,34 @@ struct tcp_config {
 	__u64 ignored_drop_reasons[PODSIGHT_DROP_REASON_WORDS];
 };
 
+/* ---- TLS handshakes (tls.bpf.c) ---- */
+
+/* Who ran the handshake: the SSL object's SSL_set_connect_state or
+ * SSL_set_accept_state (SSL_connect and SSL_accept call them). */
+enum tls_role {
+	TLS_ROLE_UNKNOWN = 0,	/* state set before the library was probed */
+	TLS_ROLE_CLIENT = 1,
+	TLS_ROLE_SERVER = 2,
+};
+
+/* tls_stats and tls_histograms: per (cgroup, role). */
+struct tls_key {
+	__u64 cgroup_id;
+	__u32 role;
+	__u32 pad;
+};
+
+struct tls_counters {
+	__u64 succeeded;
+	__u64 failed;
+	__u64 untracked;	/* handshakes not timed: the per-thread call map was full */
+};
+
+/* Load-time knobs of tls.bpf.c. */
+struct tls_config {
+	__u64 handshake_timeout_ns;	/* unfinished this long after its first call: failed */
+};
+
 /* ---- security events (security.bpf.c) ---- */
 
 #define SEC_COMM_LEN 16

@@ -118,40 +118,14 @@ static __always_inline struct tcp_counters *counters(__u64 cgid)
 	return lookup_or_init(&tcp_stats, &cgid, &zero);
 }
 
-/* Histogram slot of v: 0 for 0, else floor(log2(v)) + 1, so slot s holds
- * [2^(s-1), 2^s).  Branch-free, no loop for the verifier to walk. */
-static __always_inline __u32 log2_slot(__u64 v)
-{
-	__u32 r, shift;
-
-	if (!v)
-		return 0;
-	r = (v > 0xFFFFFFFFULL) << 5; v >>= r;
-	shift = (v > 0xFFFF) << 4; v >>= shift; r |= shift;
-	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
-	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
-	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
-	r |= (v >> 1);
-	r += 1;
-	return r < PODSIGHT_HIST_SLOTS ? r : PODSIGHT_HIST_SLOTS - 1;
-}
-
 static __always_inline void observe(__u64 cgid, __u32 kind, __u64 value)
 {
 	struct hist_key key = { .cgroup_id = cgid, .kind = kind };
 	struct hist zero = {};
 	struct hist *h = lookup_or_init(&tcp_histograms, &key, &zero);
 
-	if (!h)
-		return;
-	__u32 slot = log2_slot(value);
-
-	/* clang folds a plain mask into log2_slot()'s clamp and the verifier
-	 * loses the bound; the barrier keeps the mask it can see. */
-	barrier_var(slot);
-	slot &= PODSIGHT_HIST_SLOTS - 1;
-	__sync_fetch_and_add(&h->slots[slot], 1);
-	__sync_fetch_and_add(&h->sum, value);
+	if (h)
+		hist_add(h, value);
 }
 
 /* One RTT sample if the connection received segments since its last one:

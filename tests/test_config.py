@@ -34,6 +34,8 @@ def test_file_then_env_then_flags(tmp_path):
     ({"PODSIGHT_SECURITY__RINGBUF_SIZE_KB": "100"}, "power of two"),
     ({"PODSIGHT_PROBES__TCP__MAX_TRACKED_CONNECTIONS": "10"}, "probes.tcp.max_tracked_connections"),
     ({"PODSIGHT_LABELS__LEVEL": "node"}, "labels.level: expected one of container, pod"),
+    ({"PODSIGHT_PROBES__TLS__HANDSHAKE_TIMEOUT": "500ms"}, "probes.tls.handshake_timeout: expected at least 1s, got 0.5s"),
+    ({"PODSIGHT_PROBES__TLS__RESCAN_INTERVAL": "0"}, "probes.tls.rescan_interval: expected at least 100ms"),
 ])
 def test_env_errors_name_the_variable(env, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):

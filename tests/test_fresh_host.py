@@ -27,7 +27,7 @@ from tests.support.agent import AgentProcess
 pytestmark = pytest.mark.root
 
 REPO = Path(__file__).resolve().parents[1]
-PROBES = {"network", "tcp", "tcp_rtt", "network_drops"}
+PROBES = {"network", "tcp", "tcp_rtt", "network_drops", "tls"}
 OUR_PROGRAMS = {"network_ingress", "network_egress", "tcp_state", "tcp_rtt_sample", "skb_drop", "sec_exec"}
 
 # Every tracefs, debugfs and bpffs unmounted in a private mount namespace.

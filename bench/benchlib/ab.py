@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable
+from typing import Callable, ContextManager
 
 from . import env
 from .floor import floor_programs
@@ -12,7 +12,9 @@ from .stats import median_ci, ratio_pairs, summary
 __all__ = ["alternate"]
 
 
-def alternate(measure: Callable[[], float], repeats: int, log: Callable[[str], None]) -> dict:
+def alternate(measure: Callable[[], float | tuple[float, dict]], repeats: int, log: Callable[[str], None], *,
+              on: Callable[[], ContextManager] | None = None, floor: Callable[[], ContextManager] | None = None,
+              after_on: Callable[[object], None] | None = None) -> dict:
     """``repeats`` rounds of off, on and floor runs of ``measure``.
 
     "floor" has only the empty programs of bench/bpf/empty.bpf.c on podsight's
@@ -20,32 +22,54 @@ def alternate(measure: Callable[[], float], repeats: int, log: Callable[[str], N
     the best on/off ratio an in-kernel design could reach here.  The order
     rotates every round so a machine that warms up or slows down favours no
     side; ratios pair each round's runs.
+
+    ``on`` (default: ``env.agent()``) yields the running agent; ``floor``
+    (default: bench/bpf/empty.bpf.c on podsight's network and TCP hooks)
+    yields None.  ``after_on(agent)`` runs after each "on" measurement, the
+    agent still running: to check that it saw what the load did.
+    ``measure`` returns the figure, or (the figure, {name: number}): the
+    numbers are summarised per side under "details".
     """
-    sides = {"off": contextlib.nullcontext, "on": env.agent, "floor": _floor}
+    sides = {"off": contextlib.nullcontext, "on": on or env.agent, "floor": floor or _floor}
     runs: dict[str, list[float]] = {s: [] for s in sides}
     agent_cpu: list[float] = []
     names = list(sides)
+    details: dict[str, dict[str, list[float]]] = {s: {} for s in sides}
+
+    def run(side: str) -> None:
+        value = measure()
+        if isinstance(value, tuple):  # (the figure, {name: another number of this run})
+            value, more = value
+            for k, v in more.items():
+                details[side].setdefault(k, []).append(v)
+        runs[side].append(value)
+
     for i in range(repeats):
         for side in names[i % 3:] + names[: i % 3]:
             with sides[side]() as agent:
                 if agent is None:
-                    runs[side].append(measure())
+                    run(side)
                     continue
                 # The agent's own user-space work during the load (sampler,
                 # rescans), apart from what its programs cost in the kernel.
                 pid = agent.proc.pid
                 c0, t0 = env.cpu_seconds(pid), time.monotonic()
-                runs[side].append(measure())
+                run(side)
                 agent_cpu.append((env.cpu_seconds(pid) - c0) / (time.monotonic() - t0) * 100)
-        off, on, floor = runs["off"][-1], runs["on"][-1], runs["floor"][-1]
-        log(f"  round {i + 1}/{repeats}: off {off:,.1f}  on {on:,.1f}  ratio {on / off:.4f}"
-            f"  (empty programs {floor / off:.4f})")
+                if after_on is not None:
+                    after_on(agent)
+        last = {side: values[-1] for side, values in runs.items()}
+        log(f"  round {i + 1}/{repeats}: off {last['off']:,.1f}  on {last['on']:,.1f}"
+            f"  ratio {last['on'] / last['off']:.4f}  (empty programs {last['floor'] / last['off']:.4f})")
     out = {"off": summary(runs["off"]), "on": summary(runs["on"]), "empty_programs": summary(runs["floor"])}
     for name, ratios in (("ratio", ratio_pairs(runs["on"], runs["off"])),
                          ("empty_programs_ratio", ratio_pairs(runs["floor"], runs["off"])),
                          # What podsight's own code costs on top of the hooks' floor.
                          ("on_vs_empty_ratio", ratio_pairs(runs["on"], runs["floor"]))):
         out[name], out[f"{name}_ci"] = summary(ratios), median_ci(ratios)
+    if any(details.values()):
+        label = {"off": "off", "on": "on", "floor": "empty_programs"}
+        out["details"] = {label[side]: {k: summary(v) for k, v in d.items()} for side, d in details.items()}
     # % of one CPU the agent process used while the load ran.
     return {**out, "agent_cpu_percent": summary(agent_cpu)}
 

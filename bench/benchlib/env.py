@@ -58,26 +58,31 @@ def _newer(out: Path, *srcs: Path) -> bool:
 
 
 def build_tools() -> dict[str, Path]:
-    """Compile the floor programs (same flags as scripts/build-bpf.sh) and the churn server."""
+    """Compile the floor programs (same flags as scripts/build-bpf.sh), the churn server and the
+    TLS handshake client/server."""
     BUILD.mkdir(parents=True, exist_ok=True)
     vmlinux = REPO / "build" / "vmlinux.h"
     if not vmlinux.exists():
         raise BenchError(f"{vmlinux}: missing; run `make setup` (scripts/build-bpf.sh) first")
     arch = {"x86_64": "x86", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
     httpd_src, httpd = REPO / "bench" / "tools" / "httpd.c", BUILD / "httpd"
+    tls_src, tlsbench = REPO / "bench" / "tools" / "tlsbench.c", BUILD / "tlsbench"
     jobs = []
-    for name in ("empty", "variants"):
+    for name in ("empty", "empty_tls", "variants"):
         src, obj = REPO / "bench" / "bpf" / f"{name}.bpf.c", BUILD / f"{name}.bpf.o"
         if not _newer(obj, src, vmlinux, REPO / "bpf" / "podsight.h"):
             jobs.append(["clang", "-g", "-O2", "-Wall", "-Werror", "-target", "bpf", f"-D__TARGET_ARCH_{arch}",
                          f"-I{REPO / 'build'}", f"-I{REPO / 'bpf'}", "-c", str(src), "-o", str(obj)])
     if not _newer(httpd, httpd_src):
         jobs.append(["clang", "-O2", "-Wall", "-Werror", str(httpd_src), "-o", str(httpd)])
+    if not _newer(tlsbench, tls_src):
+        # Linked dynamically: the tls probe's uprobes sit in the libssl.so.3 it maps.
+        jobs.append(["clang", "-O2", "-Wall", "-Werror", str(tls_src), "-o", str(tlsbench), "-lssl", "-lcrypto"])
     for cmd in jobs:
         r = sh(*cmd)
         if r.returncode != 0:
             raise BenchError(f"{' '.join(cmd)} failed:\n{r.stderr}")
-    return {"empty_dir": BUILD, "httpd": httpd}
+    return {"empty_dir": BUILD, "httpd": httpd, "tlsbench": tlsbench}
 
 
 def cgroup_base() -> Path:

@@ -11,7 +11,7 @@ import contextlib
 from podsight.kernel import mounts
 from podsight.kernel.loader import BpfObject
 
-__all__ = ["floor_programs", "CGROUP_SKB"]
+__all__ = ["floor_programs", "uprobe_floor", "CGROUP_SKB"]
 
 # Programs of bench/bpf/*.bpf.c attached to a cgroup (the rest attach by their tracepoint section).
 CGROUP_SKB = {"empty_ingress", "empty_egress", "v1_cgroup_id", "v2_hash_lookup", "v3_plain_add",
@@ -33,3 +33,26 @@ def floor_programs(obj_dir, name: str = "empty", only: tuple[str, ...] | None = 
                 obj.attach(prog)
         fds = obj.loaded_programs()
         yield {p: fds[p] for p in progs}
+
+
+
+@contextlib.contextmanager
+def uprobe_floor(obj_dir, paths: list[str]):
+    """bench/bpf/empty_tls.bpf.c's two programs (entry, return) in place of
+    each of the tls probe's programs, on the same functions of each library
+    file of ``paths``, attached the way the agent attaches its own
+    (podsight.kernel.families.tls: uprobe_multi links where the kernel has
+    them, else one perf-event uprobe per function); name → fd."""
+    from podsight.kernel.families import tls
+    from podsight.kernel.loader import BPF_TRACE_UPROBE_MULTI
+
+    links = tuple(("empty_uretprobe" if ret else "empty_uprobe", ret, fns) for _prog, ret, fns in tls.LINKS)
+    multi = tls.uprobe_multi()
+    with BpfObject("empty_tls", directory=obj_dir) as obj:
+        if multi:
+            for prog in ("empty_uprobe", "empty_uretprobe"):
+                obj.set_expected_attach_type(prog, BPF_TRACE_UPROBE_MULTI)
+        obj.load()
+        for path in paths:
+            tls.attach_file(obj, path, multi, links=links)
+        yield obj.loaded_programs()

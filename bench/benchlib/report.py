@@ -79,6 +79,15 @@ def _scale_rows(s: dict) -> list[tuple[str, str, str]]:
     ]
 
 
+def _tls_rows(x: dict) -> list[tuple[str, str, str]]:
+    """Figure 7's own rows: CPU per handshake and whether the agent counted them all."""
+    d, c = x.get("details", {}), x["agent_counted"]
+    cpu = " / ".join(_mmm(d.get(side, {}).get("cpu_us_per_handshake"), 0) for side in ("off", "on", "empty_programs"))
+    return [("tls client+server CPU us/handshake, off / on / empty", cpu, ""),
+            ("tls handshakes counted by the agent", f"{'all' if c['all_matched'] else 'NOT all'} of "
+             f"{sum(r['made'] for r in c['per_on_run']):,} in {c['runs']} on-run(s), both sides, no failure", "")]
+
+
 def table(res: dict) -> str:
     m = res["machine"]
     lines = [f"podsight benchmark: {m['date']}  {m['hostname']}  kernel {m['kernel']}  "
@@ -86,7 +95,8 @@ def table(res: dict) -> str:
              "figures: median [min..max] over repeats", ""]
     rows: list[tuple[str, str, str]] = []
     f = res["figures"]
-    for key, name, unit, digits in (("throughput", "iperf3", "Gbit/s", 1), ("churn", "churn", "conn/s", 0)):
+    for key, name, unit, digits in (("throughput", "iperf3", "Gbit/s", 1), ("churn", "churn", "conn/s", 0),
+                                    ("tls", "tls", "handshakes/s", 0)):
         if key not in f:
             continue
         x = f[key]
@@ -99,6 +109,8 @@ def table(res: dict) -> str:
                          _ci(x.get("on_vs_empty_ratio_ci"))))
         if x.get("agent_cpu_percent", {}).get("n"):
             rows.append((f"{name} agent process CPU %", _mmm(x["agent_cpu_percent"], 2), ""))
+        if key == "tls":
+            rows += _tls_rows(x)
     if "kernel_cost" in f:
         for prog, p in f["kernel_cost"]["programs"].items():
             if not p.get("runs_per_repeat") or not p["ns_per_run"]["n"]:

@@ -80,9 +80,25 @@ class TcpProbe:
 
 
 @dataclass
+class TlsProbe:
+    enabled: bool = True
+    # How often /proc is scanned for TLS library files that pod processes
+    # map.  Processes that map an already-probed file are covered at once
+    # (the probe is on the file); a new copy of the library is seen within
+    # one interval.
+    rescan_interval: Duration = Duration(10.0)
+    # A handshake not finished this long after its first call counts as
+    # failed (abandoned, timed out, or its SSL freed: nothing else tells).
+    handshake_timeout: Duration = Duration(10.0)
+    # The host's /proc (processes' maps and roots); /host/proc in a pod without hostPID.
+    proc_root: str = "/proc"
+
+
+@dataclass
 class Probes:
     network: NetworkProbe = field(default_factory=NetworkProbe)
     tcp: TcpProbe = field(default_factory=TcpProbe)
+    tls: TlsProbe = field(default_factory=TlsProbe)
 
 
 @dataclass
@@ -351,6 +367,10 @@ def _check(cfg: Config, where: dict[str, str]) -> None:
     if not 1024 <= cfg.probes.tcp.max_tracked_connections <= 4_194_304:
         fail("probes.tcp.max_tracked_connections",
              f"expected an integer from 1024 to 4194304, got {cfg.probes.tcp.max_tracked_connections}")
+    if cfg.probes.tls.rescan_interval < 0.1:
+        fail("probes.tls.rescan_interval", f"expected at least 100ms, got {cfg.probes.tls.rescan_interval:g}s")
+    if cfg.probes.tls.handshake_timeout < 1:
+        fail("probes.tls.handshake_timeout", f"expected at least 1s, got {cfg.probes.tls.handshake_timeout:g}s")
     for i, name in enumerate(cfg.probes.tcp.ignored_drop_reasons):
         if not _DROP_REASON.fullmatch(name):
             fail(f"probes.tcp.ignored_drop_reasons[{i}]",

@@ -42,19 +42,21 @@ def test_machine_and_table(result):
     res, stdout = result
     m = res["machine"]
     assert m["kernel"] and m["cpu_count"] >= 1 and m["date"].startswith("20")
-    assert set(res["figures"]) == {"throughput", "churn", "kernel_cost", "scale", "events", "render"}
+    assert set(res["figures"]) == {"throughput", "churn", "tls", "kernel_cost", "scale", "events", "render"}
     assert res["errors"] == {}
     render = res["figures"]["render"]
     for share in ("changed_0pct", "changed_10pct", "changed_100pct"):
         assert render[share]["gzip_ms"]["median"] > 0 and render[share]["plain_vs_legacy"]["median"] > 0
     assert any(line.startswith("render in-process") for line in stdout.splitlines())
     # The human table names every budget with its verdict.
-    for row in ("iperf3 on/off", "churn on/off", "scrape p99 ms", "agent CPU ms per scrape", "page bytes",
+    for row in ("iperf3 on/off", "churn on/off", "tls on/off", "scrape p99 ms", "agent CPU ms per scrape", "page bytes",
                 "agent RSS MB", "agent peak RSS MB", "agent CPU % idle",
                 "network_ingress ns/run vs empty", "events/s decode+match"):
         line = next(l for l in stdout.splitlines() if l.startswith(row))
         assert "PASS" in line or "MISS" in line, line
-    assert set(res["verdicts"].values()) <= {"PASS", "MISS"} and len(res["verdicts"]) >= 8
+    assert set(res["verdicts"].values()) <= {"PASS", "MISS"} and len(res["verdicts"]) >= 9
+    # Figure 7's own checks are in test_tls.py; here: the agent saw every "on" handshake.
+    assert res["figures"]["tls"]["agent_counted"]["all_matched"] is True
 
 
 def test_the_run_before_is_kept_and_compared(result, tmp_path_factory):

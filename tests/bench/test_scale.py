@@ -4,24 +4,11 @@ bench/compare.py show them.  No root, no agent."""
 from __future__ import annotations
 
 import gzip
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "bench"))
-
-from tests.support import pods as _pods  # noqa: E402
-
-# benchlib.env renames the test pods' namespace and bridge (psb-node, psbbr0)
-# for the bench's own process; in this one the root tests still need theirs.
-_saved = _pods.NODE_NS, _pods.BRIDGE
-try:
-    from benchlib import compare, report, scale  # noqa: E402
-    from benchlib.scale import compare_pages, parse_exposition  # noqa: E402
-finally:
-    _pods.NODE_NS, _pods.BRIDGE = _saved
+from benchlib import compare, report, scale
+from benchlib.scale import compare_pages, parse_exposition
 
 PAGE = """\
 # HELP podsight_network_bytes_total Bytes.

@@ -29,6 +29,10 @@ AGENT_METRICS = frozenset({
     "podsight_tcp_connections_active",
     "podsight_tcp_retransmits_total",
     "podsight_tcp_resets_total",
+    "podsight_tls_handshakes_total",
+    "podsight_tls_handshakes_untracked_total",
+    "podsight_tls_libraries_attached",
+    "podsight_tls_library_processes",
     "podsight_security_events_total",
     "podsight_events_dropped_total",
     "podsight_bpf_program_runs_total",
@@ -42,7 +46,8 @@ AGENT_METRICS = frozenset({
     "process_resident_memory_bytes",
     "process_cpu_seconds_total",
 })
-AGENT_HISTOGRAMS = ("podsight_tcp_srtt_seconds", "podsight_tcp_connect_duration_seconds")
+AGENT_HISTOGRAMS = ("podsight_tcp_srtt_seconds", "podsight_tcp_connect_duration_seconds",
+                    "podsight_tls_handshake_duration_seconds")
 # Series Prometheus itself writes for every scrape target.
 PROMETHEUS_SCRAPE_METRICS = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped"})
 
@@ -75,6 +80,15 @@ METRIC_LABELS: dict[str, frozenset[str]] = {
     **{f"{h}{suffix}": _PODS | ({"le"} if suffix == "_bucket" else set())
        for h in ("podsight_tcp_srtt_seconds", "podsight_tcp_connect_duration_seconds")
        for suffix in ("_bucket", "_sum", "_count")},
+    # The tls probe's uprobes fire in every process that maps a probed
+    # library file, host processes included (host_cgroup: see SOMETIMES_LABELS).
+    "podsight_tls_handshakes_total": _PODS | {"role", "result"},
+    "podsight_tls_handshakes_untracked_total": _PODS | {"role"},
+    **{f"podsight_tls_handshake_duration_seconds{suffix}": _PODS | {"role"} | ({"le"} if suffix == "_bucket" else set())
+       for suffix in ("_bucket", "_sum", "_count")},
+    "podsight_tls_libraries_attached": frozenset({"library", "node"}),
+    # Pod processes only (the /proc scan looks in pod cgroups): never host_cgroup.
+    "podsight_tls_library_processes": _PODS - {"host_cgroup"},
     # No pod label: one series per pod and rule would cost too much.
     "podsight_security_events_total": frozenset({"rule", "severity", "namespace", "node"}),
     "podsight_events_dropped_total": frozenset({"reason", "event", "node"}),
@@ -91,6 +105,15 @@ METRIC_LABELS: dict[str, frozenset[str]] = {
     "up": frozenset(),
     "scrape_duration_seconds": frozenset(),
     "scrape_samples_scraped": frozenset(),
+}
+
+# Labels a series can carry that a given run may well not show, and why: the
+# tls probe charges a handshake to a host process (host_cgroup) only when the
+# host process itself uses a library file that pod processes map, which the
+# end-to-end test's host processes do not.
+SOMETIMES_LABELS: dict[str, frozenset[str]] = {
+    name: frozenset({"host_cgroup"}) for name in METRIC_LABELS
+    if name.startswith(("podsight_tls_handshakes", "podsight_tls_handshake_duration_seconds"))
 }
 
 

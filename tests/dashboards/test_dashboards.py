@@ -16,6 +16,7 @@ EXPECTED_UIDS = {
     "podsight-tcp-health",
     "podsight-security-events",
     "podsight-agent-health",
+    "podsight-tls-handshakes",
 }
 # Values used to turn a dashboard expr into plain PromQL for promtool.
 CHECK_VARIABLES = {
@@ -30,7 +31,7 @@ def _ids(paths):
     return [p.name for p in paths]
 
 
-def test_the_four_dashboards_exist_with_stable_unique_uids():
+def test_the_dashboards_exist_with_stable_unique_uids():
     uids = [dt.load_dashboard(f).get("uid") for f in FILES]
     assert len(uids) == len(set(uids)), f"duplicate uid among {uids}"
     assert EXPECTED_UIDS <= set(uids), f"missing dashboards: {EXPECTED_UIDS - set(uids)}"
@@ -317,6 +318,19 @@ def test_dashboards_cover_the_issue_panels():
         "podsight-agent-health": ["podsight_probe_up", "podsight_events_dropped_total",
                                   "podsight_bpf_program_run_seconds_total", "scrape_duration_seconds",
                                   "process_resident_memory_bytes", "process_cpu_seconds_total"],
+        # issue 17: p50/p95/p99 per workload and role, handshakes by result,
+        # failure ratio per workload, workloads whose TLS is not seen, files probed.
+        "podsight-tls-handshakes": [
+            "podsight_tls_handshakes_total", 'result="success"', 'result="failure"',
+            "histogram_quantile(0.5, sum by (cluster, namespace, workload, role, le)",
+            "histogram_quantile(0.95, sum by (cluster, namespace, workload, role, le)",
+            "histogram_quantile(0.99, sum by (cluster, namespace, workload, role, le)",
+            "namespace_workload_role_le:podsight_tls_handshake_duration_seconds_bucket:rate5m",
+            "podsight_tls_handshake_duration_seconds_bucket",
+            "namespace_workload_role:podsight_tls_handshake_failure:ratio_rate5m",
+            "namespace_workload:podsight_tls_library_processes:sum{", "== 0)",
+            "podsight_tls_library_processes", "podsight_tls_libraries_attached", "by (node, library)",
+            "podsight_tls_handshakes_untracked_total"],
     }
     missing = [f"{uid}: {w}" for uid, ws in wanted.items() for w in ws if w not in by_uid.get(uid, "")]
     assert not missing, "\n".join(missing)
@@ -344,15 +358,21 @@ def _check_heatmap(where: str, p: dict) -> None:
             f"{where}: target {t.get('refId')} is not sum by (le) (rate(<histogram>_bucket{{...}}[$__rate_interval]))"
 
 
-def test_rtt_and_connect_time_heatmaps_beside_their_quantile_lines():
-    dash = dt.load_dashboard(dt.DASHBOARD_DIR / "podsight-tcp-health.json")
-    panels = list(dt.iter_panels(dash))
-    for bucket in ("podsight_tcp_srtt_seconds_bucket", "podsight_tcp_connect_duration_seconds_bucket"):
-        heat = [p for p in panels if p["type"] == "heatmap"
-                and any(bucket in t["expr"] for t in p["targets"])]
-        lines = [p for p in panels if p["type"] == "timeseries"
-                 and any(bucket in t["expr"] and "histogram_quantile" in t["expr"] for t in p["targets"])]
-        assert len(heat) == 1 and len(lines) == 1, f"{bucket}: heatmaps {heat and heat[0]['title']}, quantile panels {len(lines)}"
-        h, q = heat[0]["gridPos"], lines[0]["gridPos"]
-        assert h["y"] == q["y"] and h["h"] == q["h"] and abs(h["x"] - q["x"]) == q["w"], \
-            f"{bucket}: heatmap {h} is not beside the quantile lines {q}"
+@pytest.mark.parametrize("board, bucket", [
+    ("podsight-tcp-health", "podsight_tcp_srtt_seconds_bucket"),
+    ("podsight-tcp-health", "podsight_tcp_connect_duration_seconds_bucket"),
+    ("podsight-tls-handshakes", "podsight_tls_handshake_duration_seconds_bucket"),
+])
+def test_latency_heatmaps_beside_their_quantile_lines(board: str, bucket: str):
+    """Each latency histogram of the selected pods: one heatmap, beside the
+    one panel of its p50/p95/p99 lines (the histogram read directly, not
+    through a recording rule)."""
+    panels = list(dt.iter_panels(dt.load_dashboard(dt.DASHBOARD_DIR / f"{board}.json")))
+    heat = [p for p in panels if p["type"] == "heatmap"
+            and any(bucket in dt.metric_names(t["expr"]) for t in p["targets"])]
+    lines = [p for p in panels if p["type"] == "timeseries"
+             and any(bucket in dt.metric_names(t["expr"]) and "histogram_quantile" in t["expr"] for t in p["targets"])]
+    assert len(heat) == 1 and len(lines) == 1, f"{bucket}: heatmaps {heat and heat[0]['title']}, quantile panels {len(lines)}"
+    h, q = heat[0]["gridPos"], lines[0]["gridPos"]
+    assert h["y"] == q["y"] and h["h"] == q["h"] and abs(h["x"] - q["x"]) == q["w"], \
+        f"{bucket}: heatmap {h} is not beside the quantile lines {q}"

@@ -10,6 +10,8 @@ import yaml
 from tests.deploy.chart import CHART, REPO, agent_container, helm, one, render, render_scenario
 
 LEAST_PRIVILEGE_CAPS = ["BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE"]
+# The tls probe (on by default) reads other users' processes: ptrace read access.
+DEFAULT_CAPS = [*LEAST_PRIVILEGE_CAPS, "SYS_PTRACE"]
 
 
 def pod_spec(objs):
@@ -29,7 +31,7 @@ def mounts(objs) -> dict[str, dict]:
 def test_default_capabilities_are_exactly_the_least_privilege_set():
     sc = agent_container(render_scenario(None))["securityContext"]
     assert sc["capabilities"]["drop"] == ["ALL"]
-    assert sc["capabilities"]["add"] == LEAST_PRIVILEGE_CAPS
+    assert sc["capabilities"]["add"] == DEFAULT_CAPS
     assert "privileged" not in sc
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["readOnlyRootFilesystem"] is True
@@ -39,25 +41,27 @@ def test_default_capabilities_are_exactly_the_least_privilege_set():
 
 def test_extra_capabilities_are_appended_once():
     sc = agent_container(render(sets=["extraCapabilities={SYS_ADMIN,BPF}"]))["securityContext"]
-    assert sc["capabilities"]["add"] == [*LEAST_PRIVILEGE_CAPS, "SYS_ADMIN"]
+    assert sc["capabilities"]["add"] == [*DEFAULT_CAPS, "SYS_ADMIN"]
 
 
-def test_security_adds_sys_ptrace_and_only_then():
-    """exe and cwd of other users' processes (/proc/<pid>/exe, cwd) need ptrace
-    read access: tests/deploy/test_security_capabilities.py runs the agent with it."""
+def test_sys_ptrace_only_when_tls_or_security_reads_processes():
+    """The tls probe opens libssl through /proc/<pid>/root, security events
+    read /proc/<pid>/exe and cwd, of other users' processes: ptrace read access
+    (tests/deploy/test_capabilities.py and test_security_capabilities.py)."""
     def caps(objs):
         return agent_container(objs)["securityContext"]["capabilities"]
 
-    assert caps(render_scenario("security-values.yaml"))["add"] == [*LEAST_PRIVILEGE_CAPS, "SYS_PTRACE"]
-    assert caps(render(sets=["config.security.enabled=true"]))["add"] == [*LEAST_PRIVILEGE_CAPS, "SYS_PTRACE"]
-    for scenario in (None, "minimal-values.yaml", "monitoring-values.yaml"):
-        assert "SYS_PTRACE" not in caps(render_scenario(scenario))["add"], scenario
-    assert "SYS_PTRACE" not in caps(render(sets=["config.security.enabled=false"]))["add"]
+    no_tls = "config.probes.tls.enabled=false"
+    for sets in ([], ["config.security.enabled=true"], [no_tls, "config.security.enabled=true"]):
+        assert caps(render(sets=sets))["add"] == DEFAULT_CAPS, sets
+    assert caps(render_scenario("security-values.yaml"))["add"] == DEFAULT_CAPS
+    assert caps(render(sets=[no_tls]))["add"] == LEAST_PRIVILEGE_CAPS
+    assert caps(render(sets=[no_tls, "config.security.enabled=false"]))["add"] == LEAST_PRIVILEGE_CAPS
     # Listed by the user as well: still once, before the user's other additions.
     both = render(sets=["config.security.enabled=true", "extraCapabilities={SYS_PTRACE,SYS_ADMIN}"])
-    assert caps(both) == {"drop": ["ALL"], "add": [*LEAST_PRIVILEGE_CAPS, "SYS_PTRACE", "SYS_ADMIN"]}
-    # Security off, SYS_PTRACE asked for: the user's choice stands.
-    assert caps(render(sets=["extraCapabilities={SYS_PTRACE}"]))["add"] == [*LEAST_PRIVILEGE_CAPS, "SYS_PTRACE"]
+    assert caps(both) == {"drop": ["ALL"], "add": [*DEFAULT_CAPS, "SYS_ADMIN"]}
+    # Neither on, SYS_PTRACE asked for: the user's choice stands.
+    assert caps(render(sets=[no_tls, "extraCapabilities={SYS_PTRACE}"]))["add"] == DEFAULT_CAPS
     # Privileged has every capability anyway: no list to add to.
     sc = agent_container(render(sets=["privileged=true", "config.security.enabled=true"]))["securityContext"]
     assert sc == {"privileged": True, "runAsUser": 0, **UNCONFINED}
@@ -95,10 +99,12 @@ def test_host_mounts_default():
         # mountPath: (hostPath, readOnly, recursiveReadOnly)
         "/sys/kernel/tracing": ("/sys/kernel/tracing", True, "IfPossible"),
         "/host/sys/fs/cgroup": ("/sys/fs/cgroup", True, "IfPossible"),
+        "/host/proc": ("/proc", True, "IfPossible"),  # the tls probe's process scan
     }
-    # Not mounted unless needed: bpffs (nothing is pinned), host /proc
-    # (security only), debugfs (old kernels).
-    assert not {"/sys/fs/bpf", "/host/proc", "/sys/kernel/debug"} & set(m)
+    # Not mounted unless needed: bpffs (nothing is pinned), debugfs (old
+    # kernels), host /proc with neither tls nor security on.
+    assert not {"/sys/fs/bpf", "/sys/kernel/debug"} & set(m)
+    assert "/host/proc" not in mounts(render(sets=["config.probes.tls.enabled=false"]))
     assert m["/etc/podsight/podsight.yaml"]["mount"]["readOnly"] is True
     assert m["/tmp"]["volume"]["emptyDir"]["medium"] == "Memory"
 
@@ -292,7 +298,7 @@ def test_localhost_and_runtime_default_profiles():
     sc = agent_container(objs)["securityContext"]
     assert sc["seccompProfile"] == {"type": "Localhost", "localhostProfile": "podsight.json"}
     assert sc["appArmorProfile"] == {"type": "RuntimeDefault"}
-    assert sc["capabilities"]["add"] == LEAST_PRIVILEGE_CAPS  # a profile takes no capability away
+    assert sc["capabilities"]["add"] == DEFAULT_CAPS  # a profile takes no capability away
     # The profile the scenario names is the one the chart ships.
     assert (CHART / "files" / "seccomp" / sc["seccompProfile"]["localhostProfile"]).is_file()
 

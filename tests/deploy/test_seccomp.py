@@ -86,31 +86,31 @@ def under(profile: Path, caps: list[str]) -> list[str]:
     return [*setpriv_prefix(caps), sys.executable, str(SECCOMP_EXEC), str(profile), "--"]
 
 
-def probe(profile: Path, caps: list[str], cgroup_dir: Path) -> dict[str, str]:
-    cmd = [*under(profile, caps), sys.executable, str(PROBE), str(cgroup_dir), tracefs_root()]
+def probe(profile: Path, caps: list[str], cgroup_dir: Path, other_pid: int) -> dict[str, str]:
+    cmd = [*under(profile, caps), sys.executable, str(PROBE), str(cgroup_dir), tracefs_root(), str(other_pid)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
 
-def test_shipped_profile_lets_the_chart_capabilities_do_the_agents_calls(cgroup_dir):
-    res = probe(PROFILE, chart_caps(render_scenario(None)), cgroup_dir)
+def test_shipped_profile_lets_the_chart_capabilities_do_the_agents_calls(cgroup_dir, other_user):
+    res = probe(PROFILE, chart_caps(render_scenario(None)), cgroup_dir, other_user)
     assert {op: res[op] for op in CORE_OPS} == {op: "ok" for op in CORE_OPS}
 
 
-def test_runtime_default_of_cri_o_and_podman_refuses_the_agent(profile_file, cgroup_dir):
+def test_runtime_default_of_cri_o_and_podman_refuses_the_agent(profile_file, cgroup_dir, other_user):
     """Why seccompProfile defaults to Unconfined: with the chart's capabilities
     (no CAP_SYS_ADMIN) that RuntimeDefault refuses every bpf() and perf_event_open()."""
-    res = probe(profile_file(containers_common_default()), chart_caps(render_scenario(None)), cgroup_dir)
+    res = probe(profile_file(containers_common_default()), chart_caps(render_scenario(None)), cgroup_dir, other_user)
     assert res["map_create_ringbuf"] == "EPERM"
     assert res["prog_load_cgroup_skb"] == "EPERM"
     assert res["perf_event_open_tracepoint"] == "EPERM"
 
 
-def test_runtime_default_of_docker_and_containerd_allows_the_agent(profile_file, cgroup_dir):
+def test_runtime_default_of_docker_and_containerd_allows_the_agent(profile_file, cgroup_dir, other_user):
     """Where RuntimeDefault comes from Moby's profile (CAP_BPF / CAP_PERFMON
     rules) it works: the README says `{type: RuntimeDefault}` is fine there."""
-    res = probe(profile_file(moby_default()), chart_caps(render_scenario(None)), cgroup_dir)
+    res = probe(profile_file(moby_default()), chart_caps(render_scenario(None)), cgroup_dir, other_user)
     assert {op: res[op] for op in CORE_OPS} == {op: "ok" for op in CORE_OPS}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from podsight.kernel.mounts import tracefs_root  # the agent's own code mounts it where missing
-from tests.deploy.chart import render_scenario
+from tests.deploy.chart import render, render_scenario
 from tests.deploy.test_capabilities import CAP_NUMBERS, OPTIONAL_HERE, _bounding_set, chart_caps
 from tests.support.agent import AgentProcess, WaitTimeout
 
@@ -124,7 +124,7 @@ def by_path(events: list[dict]) -> dict[str, list[dict]]:
 
 def test_security_enabled_chart_adds_sys_ptrace():
     assert "SYS_PTRACE" in security_caps()
-    assert "SYS_PTRACE" not in chart_caps(render_scenario(None))
+    assert "SYS_PTRACE" not in chart_caps(render(sets=["config.probes.tls.enabled=false"]))
 
 
 def test_chart_capabilities_see_exe_cwd_and_relative_paths_of_other_users(node):
@@ -171,10 +171,10 @@ def test_chart_capabilities_resolve_a_cwd_the_kernel_walk_cannot(node, deep_cwd)
 
 def test_without_sys_ptrace_only_what_the_kernel_walks_is_left(node, deep_cwd):
     """Why the chart adds SYS_PTRACE: the set minus it (the chart's set with
-    security off) still gets exe and an ordinary cwd from the kernel, but
-    misses the relative open from a cwd only /proc can give."""
+    security and tls off) still gets exe and an ordinary cwd from the kernel,
+    but misses the relative open from a cwd only /proc can give."""
     caps = [c for c in security_caps() if c != "SYS_PTRACE"]
-    assert caps == chart_caps(render_scenario(None))
+    assert caps == chart_caps(render(sets=["config.probes.tls.enabled=false"]))
     events, dropped = run_relative_open(node, caps)
     (rel,) = by_path(events)["/etc/shadow"]
     assert (rel["process"]["cwd"], rel["process"]["exe"]) == ("/etc", os.path.realpath(PYTHON)), rel

@@ -134,7 +134,7 @@ def label_catalog_problems(prom: prom_stack.Prometheus) -> list[str]:
     """The label catalog the static dashboard checks rely on
     (dashboard_targets.METRIC_LABELS) against the series a real agent
     exports: no label it lacks, none it claims that no series has (the
-    opt-in pod labels aside)."""
+    opt-in pod labels and dashboard_targets.SOMETIMES_LABELS aside)."""
     problems = []
     for metric, catalog in sorted(dt.METRIC_LABELS.items()):
         series = prom.api("series", **{"match[]": metric})
@@ -142,7 +142,7 @@ def label_catalog_problems(prom: prom_stack.Prometheus) -> list[str]:
             continue
         seen = {k for s in series for k in s if k != "__name__"}
         extra = {k for k in seen - catalog - dt.TARGET_LABELS if not k.startswith("label_")}
-        missing = catalog - dt.OPTIONAL_POD_LABELS - seen
+        missing = catalog - dt.OPTIONAL_POD_LABELS - dt.SOMETIMES_LABELS.get(metric, frozenset()) - seen
         if extra:
             problems.append(f"{metric}: series carry {sorted(extra)}, not in METRIC_LABELS")
         if missing:

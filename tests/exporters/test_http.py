@@ -93,3 +93,35 @@ def test_healthz_fails_when_the_agent_is_stuck():
         assert get(srv, "/metrics")[0].status == 200  # still scrapeable: liveness is the kubelet's call
     finally:
         srv.stop()
+
+
+# (readiness() result, status of /readyz, status of /readyz?strict): the
+# messages are the agent's own (podsight.runtime.AgentRuntime.readiness).
+READINESS = [
+    ((False, "starting: probes not attached yet"), 503, 503),
+    ((True, "degraded: probes unavailable: network"), 200, 503),
+    ((True, "degraded: kubernetes API unreachable, exporting with cgroup-derived labels"), 200, 503),
+    ((True, "ready"), 200, 200),
+]
+
+
+@pytest.mark.parametrize("result, lenient, strict", READINESS)
+def test_readyz_lenient_for_the_kubelet_strict_for_smoke_tests(result, lenient, strict):
+    srv = MetricsServer("127.0.0.1", 0, lambda gz: Body([]), lambda: result)
+    srv.start()
+    try:
+        body = (result[1] + "\n").encode()
+        for path in ("/readyz?strict", "/readyz?strict=1", "/readyz?strict=true", "/readyz?strict=TRUE"):
+            r, b = get(srv, path)
+            assert (r.status, b) == (strict, body), path
+        for path in ("/readyz", "/readyz?strict=0", "/readyz?strict=false", "/readyz?other=1"):
+            r, b = get(srv, path)
+            assert (r.status, b) == (lenient, body), path
+    finally:
+        srv.stop()
+
+
+def test_readyz_refuses_an_unknown_strict_value(server):
+    # A typo must not turn a smoke test's strict check into the lenient one.
+    r, body = get(server[0], "/readyz?strict=yes")
+    assert r.status == 400 and b"strict" in body

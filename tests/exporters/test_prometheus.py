@@ -11,6 +11,7 @@ import random
 import subprocess
 import zlib
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,13 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from podsight.exporters.prometheus import MetricsRenderer
 from podsight.exporters.snapshot import SecurityCounts, Snapshot
 from podsight.kernel.families import COUNTER_FAMILIES
-from podsight.kernel.layouts import HIST_CONNECT, HIST_SLOTS, HIST_SRTT
+from podsight.kernel.layouts import HIST_CONNECT, HIST_SLOTS, HIST_SRTT, TLS_ROLES
 from podsight.kernel.probes import ProgramStats
 from tests.exporters.legacy_renderer import legacy_render
 from tests.rules import prom_tools
 
 NAMES = ("node", "namespace", "pod", "container", "host_cgroup", "workload", "workload_kind")
 DROP_NAMES = {2: "NOT_SPECIFIED", 5: "TCP_CSUM", 77: 'ODD"NAME'}
+TLS_ROLE_NAMES = dict(enumerate(TLS_ROLES))
 
 
 def pod(i: int, container: str = "app") -> tuple[str, ...]:
@@ -46,10 +48,15 @@ def snapshot(labelsets, rng: random.Random, **extra) -> Snapshot:
         "tcp_stats": {ls: [rng.randrange(50) for _ in range(8)] for ls in labelsets},
         "tcp_histograms": {ls + (kind,): hist(rng) for ls in labelsets for kind in (HIST_SRTT, HIST_CONNECT)},
         "network_drops": {ls + (reason,): [rng.randrange(1, 9)] for ls in labelsets[:3] for reason in (2, 77, 91)},
+        "tls_stats": {ls + (role,): [rng.randrange(50) for _ in range(3)] for ls in labelsets[:4] for role in (1, 2, 7)},
+        "tls_histograms": {ls + (role,): hist(rng) for ls in labelsets[:4] for role in (0, 1, 2)},
     }
-    fields = dict(node="node-a", label_names=NAMES, series=series, key_names={"network_drops": DROP_NAMES},
+    fields = dict(node="node-a", label_names=NAMES, series=series,
+                  key_names={"network_drops": DROP_NAMES, "tls_stats": TLS_ROLE_NAMES, "tls_histograms": TLS_ROLE_NAMES},
                   map_entries={"network_traffic": len(labelsets)}, probe_states={"network": "up", "tcp": "up", "tcp_rtt": "failed"},
                   programs={"network_egress": ProgramStats(10, 2500)}, kubernetes_api_up=True,
+                  gauges={"podsight_tls_libraries_attached": {"libssl.so.3": 2}},
+                  workload_gauges={"podsight_tls_library_processes": {ls: i % 3 for i, ls in enumerate(labelsets)}},
                   security=SecurityCounts({("shell_in_container", "warning", 'sh"op'): 3},
                                           {("ringbuf_full", "open"): 2, ("output_limited", "exec"): 1}))
     fields.update(extra)
@@ -79,13 +86,15 @@ def page(r: MetricsRenderer, snap: Snapshot, gz: bool = False) -> str:
     return (gzip.decompress(body) if gz else body).decode()
 
 
-# Families added since the old renderer (issue 18), and help texts it changed.
-ADDED = {"podsight_probe_state", "podsight_bpf_map_max_entries"}
+# Families added since the old renderer (issues 18 and 17), and help texts it changed.
+ADDED = {"podsight_probe_state", "podsight_bpf_map_max_entries", "podsight_tls_handshakes",
+         "podsight_tls_handshakes_untracked", "podsight_tls_handshake_duration_seconds",
+         "podsight_tls_libraries_attached", "podsight_tls_library_processes"}
 NEW_HELP = {"podsight_bpf_map_entries"}
 
 
 def known_to_the_old(samples: dict) -> dict:
-    return {k: v for k, v in samples.items() if k[0] not in ADDED}
+    return {k: v for k, v in samples.items() if k[0] not in ADDED and not k[0].startswith("podsight_tls_")}
 
 
 def test_same_series_and_values_as_the_renderer_it_replaced():
@@ -128,6 +137,38 @@ def test_values_read_where_the_declarations_say():
     assert value("podsight_tcp_connect_duration_seconds_bucket", le="0.001024") == 3
     assert value("podsight_tcp_connect_duration_seconds_count") == 3
     assert value("podsight_tcp_connect_duration_seconds_sum") == 1500e-6
+
+
+def test_tls_roles_results_and_the_probes_gauges():
+    """A paired map's second key as a label on split counters and on a
+    histogram (no ``select``); a node gauge by label; a workload gauge."""
+    pod0 = pod(0)
+    snap = Snapshot(node="n", label_names=NAMES, series={
+        "tls_stats": {pod0 + (1,): [5, 2, 1], pod0 + (2,): [7, 0, 0], pod0 + (9,): [1, 0, 0]},
+        "tls_histograms": {pod0 + (1,): [0] * 19 + [5] + [0] * 12 + [1_600_000]}},
+        key_names={"tls_stats": TLS_ROLE_NAMES, "tls_histograms": TLS_ROLE_NAMES},
+        gauges={"podsight_tls_libraries_attached": {"libssl.so.3": 2, 'odd"name': 1}},
+        workload_gauges={"podsight_tls_library_processes": {pod0: 3, HOST: 0}})
+    _, s = parse(page(renderer(), snap))
+    ls = dict(zip(NAMES, pod0))
+
+    def value(name, **more):
+        return s[(name, frozenset({**ls, **more}.items()))]
+
+    assert value("podsight_tls_handshakes_total", role="client", result="success") == 5
+    assert value("podsight_tls_handshakes_total", role="client", result="failure") == 2
+    assert value("podsight_tls_handshakes_total", role="server", result="success") == 7
+    assert value("podsight_tls_handshakes_total", role="role_9", result="success") == 1  # a role this agent lacks
+    assert value("podsight_tls_handshakes_untracked_total", role="client") == 1
+    # slot 19 is [262144, 524288) us
+    assert value("podsight_tls_handshake_duration_seconds_bucket", role="client", le="0.262144") == 0
+    assert value("podsight_tls_handshake_duration_seconds_bucket", role="client", le="0.524288") == 5
+    assert value("podsight_tls_handshake_duration_seconds_sum", role="client") == pytest.approx(1.6)
+    assert ("podsight_tls_handshake_duration_seconds_count", frozenset({**ls, "role": "server"}.items())) not in s
+    assert s[("podsight_tls_libraries_attached", frozenset({"library": "libssl.so.3", "node": "n"}.items()))] == 2
+    assert s[("podsight_tls_libraries_attached", frozenset({"library": 'odd"name', "node": "n"}.items()))] == 1
+    assert value("podsight_tls_library_processes") == 3
+    assert s[("podsight_tls_library_processes", frozenset(dict(zip(NAMES, HOST)).items()))] == 0
 
 
 def test_probe_states_and_map_capacity():

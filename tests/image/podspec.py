@@ -11,8 +11,9 @@ What is carried over, field by field (``podman_run_args``):
   ``privileged``, ``allowPrivilegeEscalation: false`` (no-new-privileges),
   ``runAsUser``/``runAsGroup``, ``seccompProfile`` (``Unconfined`` →
   ``seccomp=unconfined``, ``RuntimeDefault`` → podman's default profile,
-  ``Localhost`` → the file under ``seccomp_dir``, as the kubelet resolves it
-  under /var/lib/kubelet/seccomp) and ``appArmorProfile`` (container level
+  ``Localhost`` → ``seccomp=<seccomp_dir>/<localhostProfile>``: the kubelet
+  resolves it under /var/lib/kubelet/seccomp, the tests pass the chart's
+  files/seccomp) and ``appArmorProfile`` (container level
   wins over pod level, as in Kubernetes);
 - volumes: ``hostPath`` (``type: Directory`` must exist, as the kubelet
   checks), ``configMap`` (the caller writes each ConfigMap's keys as files in
@@ -141,7 +142,11 @@ def _security(sc: dict, pod_sc: dict, seccomp_dir: Path) -> list[str]:
         if kind == "Unconfined":
             args += ["--security-opt", "seccomp=unconfined"]
         elif kind == "Localhost":
-            profile = seccomp_dir / seccomp["localhostProfile"]
+            rel = seccomp.get("localhostProfile", "")
+            # The API server accepts only a relative path below the kubelet's directory.
+            if not rel or rel.startswith("/") or ".." in Path(rel).parts:
+                raise Untranslatable(f"seccomp localhostProfile {rel!r}: a relative path inside {seccomp_dir}")
+            profile = seccomp_dir / rel
             if not profile.is_file():
                 raise Untranslatable(f"seccomp Localhost profile {profile} is not on this node")
             args += ["--security-opt", f"seccomp={profile}"]

@@ -70,9 +70,10 @@ class Container:
                               text=True, timeout=timeout)
 
     def get(self, port: int, path: str) -> tuple[int, str]:
+        # The status on a line of its own, then the body as served.
         script = ("import sys, urllib.request, urllib.error\n"
-                  "try:\n r = urllib.request.urlopen(sys.argv[1], timeout=5); print(r.status); print(r.read().decode())\n"
-                  "except urllib.error.HTTPError as e:\n print(e.code); print(e.read().decode())\n")
+                  "try:\n r = urllib.request.urlopen(sys.argv[1], timeout=5); print(r.status); sys.stdout.write(r.read().decode())\n"
+                  "except urllib.error.HTTPError as e:\n print(e.code); sys.stdout.write(e.read().decode())\n")
         p = self.in_netns(sys.executable, "-c", script, f"http://127.0.0.1:{port}{path}")
         if p.returncode != 0:
             raise ConnectionError(p.stderr.strip())

@@ -2,9 +2,11 @@
 chart's own rendered DaemonSet: no root, no podman."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from tests.deploy.chart import one, render, render_scenario
+from tests.deploy.chart import CHART, one, render, render_scenario
 from tests.image.podspec import Untranslatable, expand, metrics_port, podman_run_args, quantity_bytes
 
 
@@ -27,7 +29,8 @@ def test_chart_default_pod_spec():
     assert a[i + 1:] == ["run", "--config=/etc/podsight/podsight.yaml", "--node-name=node-1"]  # $(NODE_NAME)
     assert pairs(a, "--env") == ["NODE_NAME=node-1"]  # fieldRef spec.nodeName
     assert pairs(a, "--cap-drop") == ["all"]
-    assert pairs(a, "--cap-add") == ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_RESOURCE"]
+    # SYS_PTRACE: the tls probe (on by default) opens libssl through other users' /proc/<pid>/root.
+    assert pairs(a, "--cap-add") == ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_RESOURCE", "CAP_SYS_PTRACE"]
     assert "--read-only" in a and "--privileged" not in a
     assert set(pairs(a, "--security-opt")) == {"no-new-privileges", "seccomp=unconfined", "apparmor=unconfined"}
     assert pairs(a, "--network") == ["none"] and "--pid" not in a  # no hostNetwork, no hostPID
@@ -35,6 +38,7 @@ def test_chart_default_pod_spec():
         "/cm/podsight.yaml:/etc/podsight/podsight.yaml:ro",
         "/sys/kernel/tracing:/sys/kernel/tracing:ro,rbind",
         "/sys/fs/cgroup:/host/sys/fs/cgroup:ro,rbind",
+        "/proc:/host/proc:ro,rbind",
     }
     assert pairs(a, "--tmpfs") == ["/tmp:rw,nosuid,nodev,size=16777216"]
     assert pairs(a, "--memory") == [str(512 * 2**20)]
@@ -53,6 +57,26 @@ def test_seccomp_choices(tmp_path):
     assert f"seccomp={tmp_path}/podsight.json" in pairs(args_of(t, seccomp_dir=tmp_path), "--security-opt")
     with pytest.raises(Untranslatable, match="not on this node"):
         args_of(t, seccomp_dir=tmp_path / "none")
+
+
+def test_localhost_profile_from_the_chart(tmp_path):
+    """The chart renders Localhost; the caller says where the node keeps
+    profiles (the kubelet: /var/lib/kubelet/seccomp; tests/image: the
+    chart's own files/seccomp, the file deploy/README.md says to install)."""
+    t = template(render(sets=("seccompProfile.type=Localhost", "seccompProfile.localhostProfile=podsight.json")))
+    assert t["spec"]["containers"][0]["securityContext"]["seccompProfile"] == {
+        "type": "Localhost", "localhostProfile": "podsight.json"}
+    opts = pairs(args_of(t, seccomp_dir=CHART / "files" / "seccomp"), "--security-opt")
+    assert [o for o in opts if o.startswith("seccomp")] == [f"seccomp={CHART}/files/seccomp/podsight.json"]
+    # podman reads the file as given: it must be the profile, not a stub.
+    profile = json.loads((CHART / "files" / "seccomp" / "podsight.json").read_text())
+    assert any({"bpf", "perf_event_open"} <= set(r["names"]) and r["action"] == "SCMP_ACT_ALLOW"
+               and not r.get("includes") for r in profile["syscalls"])
+    sc = t["spec"]["containers"][0]["securityContext"]
+    for bad in ("/etc/podsight.json", "../podsight.json", "a/../../podsight.json", ""):
+        sc["seccompProfile"] = {"type": "Localhost", "localhostProfile": bad}
+        with pytest.raises(Untranslatable, match="relative path"):
+            args_of(t, seccomp_dir=tmp_path)
 
 
 def test_hardened_scenario_translates(tmp_path):

@@ -42,7 +42,7 @@ def test_declared_programs_exist_where_declared(family, tracefs_events):
         section = sections[prog]
         if hook is None:  # run by the agent, attached nowhere
             assert section == "raw_tp", (prog, section)
-        elif hook.startswith("cgroup_skb/"):
+        elif hook.startswith("cgroup_skb/") or hook == "uprobe":  # uprobes: attached per library file
             assert section == hook, (prog, section)
         else:  # a tracepoint: the section names it (tracepoint/ or tp_btf/), and this kernel has it
             assert section in (f"tracepoint/{hook}", f"tp_btf/{hook.split('/')[1]}"), (prog, section, hook)
@@ -73,17 +73,19 @@ def test_every_metric_reads_declared_fields(family):
             assert hasattr(cmap.value, f), f"{m.name}: {cmap.value.__name__} has no field {f}"
         if m.type == "histogram":
             assert hasattr(cmap.value, "slots") and hasattr(cmap.value, "sum"), m.name
-            assert cmap.paired and m.select is not None, m.name
+            assert cmap.paired and (m.select is not None or m.key_label), m.name
     assert {m.map for m in family.metrics} == set(maps), f"{family.name}: a counter map no metric reads"
 
 
 def test_metric_names_are_unique_and_follow_conventions():
-    names = [m.name for f in FAMILIES for m in f.metrics]
+    names = [m.name for f in FAMILIES for m in (*f.metrics, *f.gauges)]
     assert len(names) == len(set(names)), names
     for f in FAMILIES:
         for m in f.metrics:
             assert m.name.startswith("podsight_") and not m.name.endswith("_total"), m.name
             assert m.type != "histogram" or m.name.endswith("_seconds"), m.name
+        for g in f.gauges:
+            assert g.name.startswith("podsight_") and not g.name.endswith("_total"), g.name
 
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f.enums], ids=lambda f: f.name)

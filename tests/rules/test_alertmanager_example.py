@@ -20,6 +20,8 @@ def test_amtool_accepts_the_example():
     ({"alertname": "PodsightTCPConnectErrorBudgetBurnFast", "category": "slo", "severity": "critical"}, "slo-pager"),
     ({"alertname": "PodsightTCPConnectErrorBudgetBurnSlow", "category": "slo", "severity": "warning"}, "platform-tickets"),
     ({"alertname": "PodsightTCPRetransmitRatioHigh", "category": "tcp", "severity": "warning"}, "platform-tickets"),
+    ({"alertname": "PodsightTLSHandshakeFailureRatioHigh", "category": "tls", "severity": "warning"}, "platform-tickets"),
+    ({"alertname": "PodsightTLSHandshakeLatencyRegression", "category": "tls", "severity": "warning"}, "platform-tickets"),
     ({"alertname": "PodsightTargetAbsent", "category": "agent", "severity": "critical"}, "platform-tickets"),
 ])
 def test_routing(labels, receiver):
@@ -31,4 +33,7 @@ def test_routing(labels, receiver):
 
 def test_every_alert_category_is_routed_somewhere_known():
     cats = {r.body["labels"]["category"] for r in rf.load_rules() if r.is_alert}
-    assert cats == {"slo", "tcp", "network", "security", "agent"}
+    assert cats == {"slo", "tcp", "tls", "network", "security", "agent"}
+    # The example's header lists exactly these: "#   category: slo | tcp | ...".
+    (line,) = [l for l in CONFIG.read_text().split("global:", 1)[0].splitlines() if "category:" in l]
+    assert set(line.split("category:", 1)[1].replace("|", " ").split()) == cats, line

@@ -24,7 +24,11 @@ REQUIRED_ALERTS = {
     "PodsightKubernetesAPIDisconnected",
     # issue 18
     "PodsightBPFMapNearlyFull", "PodsightEventsThrottled",
+    # issue 17
+    "PodsightTLSHandshakeFailureRatioHigh", "PodsightTLSHandshakeLatencyRegression",
 }
+# The `category` routing label of every alert (docs/alertmanager.example.yml).
+CATEGORIES = ("slo", "tcp", "tls", "network", "security", "agent")
 
 
 def test_promtool_check_rules():
@@ -97,7 +101,7 @@ def test_alert_conventions(rule: rf.Rule):
     assert re.fullmatch(r"Podsight[A-Z][A-Za-z0-9]+", rule.name), f"{where}: name must be CamelCase with prefix Podsight"
     labels = rule.body.get("labels", {})
     assert labels.get("severity") in ("critical", "warning", "info"), f"{where}: severity {labels.get('severity')!r}"
-    assert labels.get("category") in ("slo", "tcp", "network", "security", "agent"), f"{where}: category"
+    assert labels.get("category") in CATEGORIES, f"{where}: category"
     ann = rule.body.get("annotations", {})
     assert set(ann) == {"summary", "description", "runbook_url"}, f"{where}: annotations {sorted(ann)}"
     assert ann["summary"].endswith(".") and "{{" not in ann["summary"], f"{where}: summary is a static sentence"
@@ -174,3 +178,19 @@ def test_every_burn_rate_pair_has_the_traffic_floor_of_its_long_window():
                 f"{a.name}: the {'/'.join(windows)} pair has no traffic floor on its {long} window"
             pairs += 1
     assert pairs == 4
+
+
+def test_every_tls_alert_has_a_traffic_floor_on_each_window_it_judges():
+    """A TLS ratio or quantile of a quiet workload is noise (1 failure in 12
+    handshakes is 8 %): each TLS alert requires a handshake rate, in the
+    current window and, when it compares with a baseline, in the baseline's."""
+    tls = [a for a in ALERTS if a.body["labels"]["category"] == "tls"]
+    assert {a.name for a in tls} == {"PodsightTLSHandshakeFailureRatioHigh", "PodsightTLSHandshakeLatencyRegression"}
+    floor = r"and on \(cluster, namespace, workload, role\)\s+{}namespace_workload_role(?:_result)?:" \
+            r"podsight_tls_handshakes:rate5m(?:\{{[^}}]*\}})?{}\s*>=\s*0\.2\b"
+    for a in tls:
+        expr = a.body["expr"]
+        assert re.search(floor.format("", ""), expr), f"{a.name}: no floor on the current 5m window:\n{expr}"
+        if "offset" in expr:
+            assert re.search(floor.format(r"avg_over_time\(", r"\[1h\] offset 1d\)"), expr), \
+                f"{a.name}: compares with a day earlier but has no floor on that hour:\n{expr}"

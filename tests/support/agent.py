@@ -123,7 +123,9 @@ class AgentProcess:
             if predicate(s):
                 return s
             if time.monotonic() > deadline:
-                raise WaitTimeout(f"waited {timeout:g} s for {what or describe(predicate)}; it never held")
+                tail = "\n".join(self.log[-15:])
+                raise WaitTimeout(f"waited {timeout:g} s for {what or describe(predicate)}; it never held\n"
+                                  f"agent log, last lines:\n{tail}")
             time.sleep(interval)
 
     def events(self) -> list[dict]:

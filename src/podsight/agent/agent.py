@@ -46,6 +46,7 @@ class Agent:
         self.counters = CounterSeries(identity, [
             Source(self.probes[f.name], cmap) for f in COUNTER_FAMILIES if f.name in self.probes for cmap in f.counters
         ])
+        self._per_cgroup = {g.name for f in COUNTER_FAMILIES for g in f.gauges if g.per_cgroup}
         self.bpf_stats = BpfStats(cfg.bpf_stats)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -97,9 +98,12 @@ class Agent:
         with self._lock:
             series, fill = self.counters.read()
             states: dict[str, str] = {}
+            gauges: dict[str, dict] = {}
             for p in self.probes.values():
                 states.update(p.states())
                 fill.update(p.map_fill())
+                gauges.update(p.gauges())
+            node_gauges, workload_gauges = self._gauges(gauges)
             return Snapshot(
                 node=self.identity.node,
                 label_names=self.identity.label_names,
@@ -111,7 +115,26 @@ class Agent:
                 programs=self._program_stats(),
                 kubernetes_api_up=self.identity.kubernetes_api_up,
                 security=self.security.counts() if self.security is not None else None,
+                gauges=node_gauges,
+                workload_gauges=workload_gauges,
             )
+
+    def _gauges(self, values: dict[str, dict]) -> tuple[dict, dict]:
+        """The probes' gauges: per node as they are; per cgroup summed into
+        each workload's label set (cgroups not resolvable yet are left out)."""
+        node, workload = {}, {}
+        for name, per in values.items():
+            if name not in self._per_cgroup:
+                node[name] = per
+                continue
+            labels, _ = self.identity.labels_for(per)
+            out: dict = {}
+            for cid, v in per.items():
+                ls = labels.get(cid)
+                if ls is not None:
+                    out[ls] = out.get(ls, 0) + v
+            workload[name] = out
+        return node, workload
 
     def _program_stats(self) -> dict[str, ProgramStats]:
         out: dict[str, ProgramStats] = {}
@@ -122,20 +145,26 @@ class Agent:
 
     # -- background work ---------------------------------------------------
     def _sample_loop(self) -> None:
-        """Drive the probes' periodic in-kernel work (the TCP RTT sampler)."""
+        """Drive the probes' periodic work (the TCP RTT sampler, the TLS
+        library rescan), each at its own interval.  ``prepare()`` reads /proc
+        outside the lock; ``sample()`` touches BPF objects under it."""
         probes = [p for p in self.probes.values() if p.up and p.sample_interval > 0]
         if not probes:
             return
         interval = min(p.sample_interval for p in probes)
+        due = {p.name: time.monotonic() + p.sample_interval for p in probes}
         self.sampler_beat.beat(interval + self.SAMPLE_SLACK)
         while not self._stop.wait(interval):
             self.sampler_beat.beat(interval + self.SAMPLE_SLACK)
-            with self._lock:
-                for p in probes:
-                    try:
+            now = time.monotonic()
+            for p in [p for p in probes if now >= due[p.name]]:
+                due[p.name] = now + p.sample_interval
+                try:
+                    p.prepare()
+                    with self._lock:
                         p.sample()
-                    except OSError as e:
-                        log.warning("probe %s: sampling failed: %s", p.name, e)
+                except OSError as e:
+                    log.warning("probe %s: sampling failed: %s", p.name, e)
 
     def _gc_loop(self) -> None:
         # Only cgroups that are gone are looked for here (new ones are found

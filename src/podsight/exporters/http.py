@@ -1,4 +1,4 @@
-"""HTTP endpoints: /metrics, /healthz, /readyz."""
+"""HTTP endpoints: /metrics, /healthz, /readyz (and its strict form, /readyz?strict)."""
 from __future__ import annotations
 
 import logging
@@ -6,7 +6,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from .page import Body
 from .textformat import CONTENT_TYPE
@@ -26,6 +26,14 @@ def accepts_gzip(header: str | None) -> bool:
     return False
 
 
+def _strict(query: str) -> bool | None:
+    """Whether /readyz was asked in its strict form; None for a value it does not know."""
+    values = parse_qs(query, keep_blank_values=True).get("strict")
+    if values is None:
+        return False
+    return {"": True, "1": True, "true": True, "0": False, "false": False}.get(values[-1].lower())
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -38,12 +46,22 @@ class _Server6(_Server):
 class MetricsServer:
     """Serves ``render(gzip)`` at /metrics, gzip-encoded when the client
     accepts it (every Prometheus does).  ``readiness()`` and ``liveness()``
-    return (ok, message); /healthz fails (503) when a background thread of
-    the agent stopped making progress, not only when HTTP is down.
+    return (ok, message).
 
-    /readyz stays 200 while degraded (e.g. Kubernetes API unreachable): the
-    metrics are still worth scraping, and failing readiness would take the
-    pod out of the Service endpoints that Prometheus discovers it by.
+    - /healthz: 503 when a background thread of the agent stopped making
+      progress (not only when HTTP is down); the kubelet restarts the pod.
+    - /readyz: 503 until the probes are attached, then 200.  While degraded
+      (``readiness()`` says ok with a message starting ``degraded``: a probe
+      unavailable, the Kubernetes API unreachable) it stays 200 with that
+      message: the metrics are still worth scraping, degraded can last
+      (a kernel without a tracepoint), and a pod failing readiness stalls the
+      DaemonSet's rolling update and ``helm --wait`` and drops out of
+      Services that do not publish not-ready addresses.  The chart's
+      readinessProbe uses this form.
+    - /readyz?strict (also ``strict=1`` / ``strict=true``): the same body, but
+      503 when degraded too, so 200 means every part is up; for smoke tests
+      (``curl -f``), never for the kubelet.  ``strict=0`` / ``false`` is the
+      lenient form; any other value is a 400, so a typo cannot pass a check.
     """
 
     def __init__(self, host: str, port: int, render: Callable[[bool], Body],
@@ -55,7 +73,8 @@ class MetricsServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
-                path = urlsplit(self.path).path
+                url = urlsplit(self.path)
+                path = url.path
                 if path == "/metrics":
                     gzip = accepts_gzip(self.headers.get("Accept-Encoding"))
                     try:
@@ -69,10 +88,16 @@ class MetricsServer:
                     alive, msg = liveness_()
                     self._send(200 if alive else 503, (msg + "\n").encode(), "text/plain")
                 elif path == "/readyz":
+                    strict = _strict(url.query)
+                    if strict is None:
+                        self._send(400, b"strict: one of 1, true, 0, false (or no value)\n", "text/plain")
+                        return
                     ready, msg = readiness_()
+                    if strict and msg.startswith("degraded"):
+                        ready = False
                     self._send(200 if ready else 503, (msg + "\n").encode(), "text/plain")
                 elif path == "/":
-                    self._send(200, b"podsight: see /metrics, /healthz, /readyz\n", "text/plain")
+                    self._send(200, b"podsight: see /metrics, /healthz, /readyz, /readyz?strict\n", "text/plain")
                 else:
                     self._send(404, b"not found\n", "text/plain")
 

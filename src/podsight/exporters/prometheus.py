@@ -37,57 +37,63 @@ def _header(m: Metric) -> Piece:
     return Piece(f"# HELP {full} {m.help}\n# TYPE {full} {m.type}\n".encode())
 
 
+def _label_sets(m: Metric, cmap: CounterMap, labels: LabelCache) -> Callable[[tuple, dict], str]:
+    """The text of a row's label set: the workload's labels, and for paired
+    maps with ``key_label`` the second key by its name."""
+    if not (cmap.paired and m.key_label):
+        return (lambda k, _names: labels(k[:-1])) if cmap.paired else (lambda k, _names: labels(k))
+    label, unnamed = m.key_label, cmap.unnamed
+
+    def keyed(k, names):
+        return f'{labels(k[:-1])},{label}="{escape(names.get(k[-1]) or unnamed.format(k[-1]))}"'
+    return keyed
+
+
 def _rows(m: Metric, cmap: CounterMap, labels: LabelCache) -> RowRenderer:
     """A function rendering ``m``'s samples for (key, values) rows of ``cmap``."""
+    ls = _label_sets(m, cmap, labels)
     if m.type == "histogram":
-        return _histogram_rows(m, cmap, labels)
+        return _histogram_rows(m, cmap, ls)
     name = f"{m.name}_total" if m.type == "counter" else m.name
     idx = [cmap.index(f) for f in m.fields]
-    if m.key_label:
-        label, unnamed = m.key_label, cmap.unnamed
-        i = idx[0]
-
-        def keyed(rows, names):
-            return "".join([f'{name}{{{labels(k[:-1])},{label}="{escape(names.get(k[-1]) or unnamed.format(k[-1]))}"}} '
-                            f'{v[i]}\n' for k, v in rows])
-        return keyed
     if m.derive is not None:
         derive = m.derive
 
-        def derived(rows, _names):
-            return "".join([f"{name}{{{labels(k)}}} {derive(*(v[i] for i in idx))}\n" for k, v in rows])
+        def derived(rows, names):
+            return "".join([f"{name}{{{ls(k, names)}}} {derive(*(v[i] for i in idx))}\n" for k, v in rows])
         return derived
     if m.split:
         heads = [f',{m.split}="{value}"}} ' for value in m.split_values]
         pairs = list(zip(heads, idx))
 
-        def split(rows, _names):
-            return "".join(["".join([f"{name}{{{labels(k)}{h}{v[i]}\n" for h, i in pairs]) for k, v in rows])
+        def split(rows, names):
+            return "".join(["".join([f"{name}{{{ls(k, names)}{h}{v[i]}\n" for h, i in pairs]) for k, v in rows])
         return split
     i = idx[0]
 
-    def single(rows, _names):
-        return "".join([f"{name}{{{labels(k)}}} {v[i]}\n" for k, v in rows])
+    def single(rows, names):
+        return "".join([f"{name}{{{ls(k, names)}}} {v[i]}\n" for k, v in rows])
     return single
 
 
-def _histogram_rows(m: Metric, cmap: CounterMap, labels: LabelCache) -> RowRenderer:
+def _histogram_rows(m: Metric, cmap: CounterMap, ls: Callable[[tuple, dict], str]) -> RowRenderer:
     buckets = Buckets(m.unit, *m.buckets)
     slots = cmap.value.slots.size // 8
     total = cmap.index("sum")
     les = [f',le="{le}"}} ' for le in buckets.les]
-    name, select, unit = m.name, m.select, m.unit
+    name, unit = m.name, m.unit
+    select = None if m.key_label or not cmap.paired else m.select
 
-    def hist(rows, _names):
+    def hist(rows, names):
         parts = []
         for k, v in rows:
-            if cmap.paired and k[-1] != select:
+            if select is not None and k[-1] != select:
                 continue
-            ls = labels(k[:-1] if cmap.paired else k)
+            lset = ls(k, names)
             counts = buckets.cumulative_counts(v[:slots])
-            head = f"{name}_bucket{{{ls}"
+            head = f"{name}_bucket{{{lset}"
             parts.append("".join([f"{head}{le}{n}\n" for le, n in zip(les, counts)]))
-            parts.append(f"{name}_sum{{{ls}}} {v[total] * unit!r}\n{name}_count{{{ls}}} {counts[-1]}\n")
+            parts.append(f"{name}_sum{{{lset}}} {v[total] * unit!r}\n{name}_count{{{lset}}} {counts[-1]}\n")
         return "".join(parts)
     return hist
 
@@ -170,6 +176,7 @@ class MetricsRenderer:
     def __init__(self, label_names: Sequence[str], families: Sequence[Family]):
         self.labels = LabelCache(label_names)
         self.maps: list[_MapPieces] = []
+        self.gauges = [g for f in families for g in f.gauges]
         for f in families:
             for cmap in f.counters:
                 metrics = [m for m in f.metrics if m.map == cmap.name]
@@ -180,12 +187,30 @@ class MetricsRenderer:
     def render(self, snap: Snapshot, gzip: bool = False) -> Body:
         """The page, gzip-encoded when ``gzip``; its bytes are made as they are
         written (megabytes at a thousand pods: never joined)."""
-        pieces = [Piece(self._agent_families(snap).encode())]
+        pieces = [Piece((self._agent_families(snap) + self._gauges(snap)).encode())]
         for mp in self.maps:
             mp.update(snap.series.get(mp.map.name, {}), snap.key_names.get(mp.map.name, {}))
             pieces.extend(mp.page())
         pieces.append(Piece(generate_latest(self.process)))
         return Body.gzip(pieces) if gzip else Body(pieces)
+
+    def _gauges(self, snap: Snapshot) -> str:
+        """The probes' user-space gauges: one series per node value or workload."""
+        node = escape(snap.node)
+        w = Writer()
+        for g in self.gauges:
+            if g.per_cgroup:
+                values = snap.workload_gauges.get(g.name)
+                if values is not None:
+                    w.family(g.name, "gauge", g.help)
+                    w.samples(g.name, ((self.labels(ls), v) for ls, v in values.items()))
+            else:
+                values = snap.gauges.get(g.name)
+                if values is not None:
+                    w.family(g.name, "gauge", g.help)
+                    head = f'{g.label}="{{}}",' if g.label else ""
+                    w.samples(g.name, ((head.format(escape(k)) + f'node="{node}"', v) for k, v in sorted(values.items())))
+        return w.text()
 
     @staticmethod
     def _agent_families(snap: Snapshot) -> str:

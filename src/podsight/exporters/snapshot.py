@@ -26,7 +26,8 @@ class SecurityCounts:
 class Snapshot:
     """``series[map]``: label values (plus, for paired maps, the second key
     as an int) → the map's value fields summed over CPUs and cgroups.
-    ``key_names[map]``: this kernel's names for a paired map's second key."""
+    ``key_names[map]``: this kernel's names for a paired map's second key
+    (or a family's fixed ones, e.g. TLS roles)."""
 
     node: str
     label_names: tuple[str, ...]
@@ -38,6 +39,10 @@ class Snapshot:
     programs: Mapping[str, ProgramStats] = field(default_factory=dict)
     kubernetes_api_up: bool | None = None
     security: SecurityCounts | None = None
+    # The probes' user-space gauges (podsight.kernel.family.Gauge): per node,
+    # name → {label value: v}; per workload, name → {label set: v}.
+    gauges: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    workload_gauges: Mapping[str, Mapping[Labels, float]] = field(default_factory=dict)
 
     @property
     def probes(self) -> dict[str, bool]:

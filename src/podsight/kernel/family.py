@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
 
-__all__ = ["CounterMap", "Family", "Metric", "U64_KEY", "key_struct"]
+__all__ = ["CounterMap", "Family", "Gauge", "Metric", "U64_KEY", "key_struct"]
 
 U64_KEY = struct.Struct("<Q")        # a bare cgroup id
 
@@ -82,7 +82,8 @@ class Metric:
     - ``type="histogram"``: a ``struct hist`` value (``slots`` + ``sum``) of
       the entries whose second key is ``select``, ``unit`` seconds per base
       unit, buckets for slots ``buckets[0]..buckets[1]``;
-    - ``key_label``: paired maps, the second key named as that label.
+    - ``key_label``: paired maps, the second key named as that label (with
+      any of the above); without it, a paired map's second key is ``select``.
     """
 
     name: str        # counters without _total (added when rendered, as OpenMetrics names them)
@@ -106,15 +107,28 @@ class Metric:
 
 
 @dataclass(frozen=True)
+class Gauge:
+    """A gauge the probe computes in user space (``Probe.gauges()``), not read
+    from a counter map: per node, one sample per value of ``label``; or,
+    ``per_cgroup``, a value per cgroup id summed into each workload's label set."""
+
+    name: str
+    help: str
+    label: str = ""
+    per_cgroup: bool = False
+
+
+@dataclass(frozen=True)
 class Family:
     """Everything podsight knows about one ``bpf/<name>.bpf.c``."""
 
     name: str                               # object build/bpf/<name>.bpf.o
     probe: type                             # podsight.kernel.probes.Probe subclass that loads and attaches it
-    programs: dict[str, str | None]         # program → tracepoint "group/event", hook name, or None (run, not attached)
+    programs: dict[str, str | None]         # program → tracepoint "group/event", hook name, "uprobe", or None (run, not attached)
     maps: tuple[str, ...] = ()              # every map the agent touches by name
     counters: tuple[CounterMap, ...] = ()
     metrics: tuple[Metric, ...] = ()
+    gauges: tuple[Gauge, ...] = ()
     structs: dict[str, type[ctypes.Structure]] = field(default_factory=dict)   # C struct → mirror
     enums: dict[str, tuple[str, ...]] = field(default_factory=dict)           # C enum → names by value (Python side)
 

@@ -14,7 +14,7 @@ __all__ = ["Check", "run_checks", "TRACEPOINTS"]
 # Tracepoints each probe family attaches to (category/name under tracefs
 # events/), from the families' declarations.
 TRACEPOINTS = {f.name: tps for f in FAMILIES
-               if (tps := sorted({h for h in f.programs.values() if h and not h.startswith("cgroup_skb/")}))}
+               if (tps := sorted({h for h in f.programs.values() if h and "/" in h and not h.startswith("cgroup_skb/")}))}
 
 _PERF_TYPE_TRACEPOINT = 2
 _SYS_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
@@ -112,6 +112,33 @@ def probe_tp_btf(tracepoint: str = "inet_sock_set_state") -> bool:
     return True
 
 
+def uprobe_attaches() -> tuple[bool, str]:
+    """Attach a tls program as a uprobe on getpid() in our own libc, the way
+    the tls probe attaches to libssl (a uprobe_multi link, or before Linux
+    6.6 a perf-event one), and detach it."""
+    from .families.tls import UPROBE_PMU, attach_file, configure_object, uprobe_multi
+    from .loader import BpfObject
+
+    multi = uprobe_multi()
+    if not multi and not os.path.exists(UPROBE_PMU):
+        return False, f"no uprobe PMU ({UPROBE_PMU}): CONFIG_UPROBES is off"
+    with open("/proc/self/maps") as f:
+        libc = next((line.split()[-1] for line in f
+                     if line.split()[-1].rsplit("/", 1)[-1].startswith(("libc.so", "libc.musl", "ld-musl"))), None)
+    if libc is None:
+        return False, "no libc mapped to try a uprobe on"
+    try:
+        with BpfObject("tls") as obj:
+            configure_object(obj, multi)
+            for name in obj.program_names():
+                obj.set_autoload(name, name == "tls_set_role")
+            obj.load()
+            attach_file(obj, libc, multi, [("tls_set_role", False, (("getpid", 0),))])
+    except (OSError, ValueError) as e:
+        return False, str(e)
+    return True, "uprobe_multi" if multi else "perf-event uprobe (CAP_SYS_ADMIN)"
+
+
 def run_checks() -> list[Check]:
     out: list[Check] = []
     btf = "/sys/kernel/btf/vmlinux"
@@ -144,6 +171,8 @@ def run_checks() -> list[Check]:
                             ("security", "sec_openat", "security probe: the rules' kernel filter (bpf_loop, 5.17+)")):
         ok, why = program_loads(obj, prog)
         out.append(Check(f"program {prog}", ok, what + (f" ({why})" if why else ""), False))
+    ok, why = uprobe_attaches()
+    out.append(Check("uprobe attach", ok, f"tls probe: TLS handshakes in libssl ({why})", False))
     for kind, core in (("percpu_hash", True), ("ringbuf", False)):
         ok = lib.libbpf_probe_bpf_map_type(MAP_TYPES[kind], None) == 1
         out.append(Check(f"map type {kind}", ok, "", core))

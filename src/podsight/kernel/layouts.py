@@ -22,6 +22,10 @@ __all__ = [
     "DropKey",
     "DROP_REASON_WORDS",
     "TcpConfig",
+    "TLS_ROLES",
+    "TlsKey",
+    "TlsCounters",
+    "TlsConfig",
     "SecurityEvent",
     "SecurityConfig",
     "PodRoot",
@@ -95,6 +99,21 @@ DROP_REASON_WORDS = 4
 
 class TcpConfig(ctypes.Structure):
     _fields_ = [("ignored_drop_reasons", c_uint64 * DROP_REASON_WORDS)]
+
+
+TLS_ROLES = ("unknown", "client", "server")  # enum tls_role, by value
+
+
+class TlsKey(ctypes.Structure):
+    _fields_ = [("cgroup_id", c_uint64), ("role", c_uint32), ("pad", c_uint32)]
+
+
+class TlsCounters(ctypes.Structure):
+    _fields_ = [("succeeded", c_uint64), ("failed", c_uint64), ("untracked", c_uint64)]
+
+
+class TlsConfig(ctypes.Structure):
+    _fields_ = [("handshake_timeout_ns", c_uint64)]
 
 
 SEC_COMM_LEN = 16

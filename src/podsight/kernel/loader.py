@@ -9,6 +9,7 @@ import ctypes
 import errno
 import logging
 import os
+import platform
 from pathlib import Path
 from typing import Iterator
 
@@ -40,14 +41,38 @@ def possible_cpus() -> int:
 
 
 class Link:
-    def __init__(self, ptr: int, what: str):
+    """A libbpf ``struct bpf_link`` (``ptr``), or a link fd made here (``fd``)."""
+
+    def __init__(self, ptr: int | None, what: str, fd: int | None = None):
         self._ptr: int | None = ptr
+        self._fd = fd
         self.what = what
 
     def destroy(self) -> None:
         if self._ptr:
             lib.bpf_link__destroy(self._ptr)
             self._ptr = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}
+_BPF_LINK_CREATE = 28
+BPF_TRACE_UPROBE_MULTI = 48
+_BPF_F_UPROBE_MULTI_RETURN = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class _UprobeMultiAttr(ctypes.Structure):
+    """union bpf_attr for BPF_LINK_CREATE of a uprobe_multi link (Linux 6.6):
+    libbpf 1.1 predates it, so the call is made here."""
+
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("target_fd", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32), ("path", ctypes.c_uint64), ("offsets", ctypes.c_uint64),
+                ("ref_ctr_offsets", ctypes.c_uint64), ("cookies", ctypes.c_uint64), ("cnt", ctypes.c_uint32),
+                ("multi_flags", ctypes.c_uint32), ("pid", ctypes.c_uint32), ("pad", ctypes.c_uint8 * 84)]
 
 
 class Map:
@@ -170,6 +195,14 @@ class _TestRunOpts(ctypes.Structure):
                 ("retval", ctypes.c_uint32), ("repeat", ctypes.c_int), ("duration", ctypes.c_uint32)]
 
 
+class _UprobeOpts(ctypes.Structure):
+    """libbpf's struct bpf_uprobe_opts up to func_name (libbpf >= 0.8); ``sz``
+    tells libbpf how much of it we know."""
+
+    _fields_ = [("sz", ctypes.c_size_t), ("ref_ctr_offset", ctypes.c_size_t), ("bpf_cookie", ctypes.c_uint64),
+                ("retprobe", ctypes.c_bool), ("func_name", ctypes.c_char_p)]
+
+
 class BpfObject:
     """One compiled ``.bpf.o``: open → (configure) → load → attach → close."""
 
@@ -246,6 +279,10 @@ class BpfObject:
     def autoload(self, prog_name: str) -> bool:
         return bool(lib.bpf_program__autoload(self._program(prog_name)))
 
+    def set_expected_attach_type(self, prog_name: str, attach_type: int) -> None:
+        check_int("bpf_program__set_expected_attach_type",
+                  lib.bpf_program__set_expected_attach_type(self._program(prog_name), attach_type), prog_name)
+
     def set_autoload(self, prog_name: str, on: bool) -> None:
         check_int("bpf_program__set_autoload", lib.bpf_program__set_autoload(self._program(prog_name), on))
 
@@ -286,6 +323,41 @@ class BpfObject:
         finally:
             os.close(fd)  # the link holds its own reference to the cgroup
         return self._keep(Link(check_ptr("bpf_program__attach_cgroup", ptr, f"{prog_name} on {cgroup_path}"), prog_name))
+
+    def attach_uprobe(self, prog_name: str, path: str, function: str, *, retprobe: bool = False,
+                      cookie: int = 0) -> Link:
+        """Attach to ``function`` (a dynamic symbol libbpf resolves) in the ELF
+        file at ``path``, for every process that maps it: a perf-event bpf
+        link on the file's inode (the uprobe PMU; no tracefs needed).
+        ``cookie`` is the program's bpf_get_attach_cookie()."""
+        opts = _UprobeOpts(ctypes.sizeof(_UprobeOpts), 0, cookie, retprobe, function.encode())
+        ptr = lib.bpf_program__attach_uprobe_opts(self._program(prog_name), -1, path.encode(), 0, ctypes.byref(opts))
+        what = f"{prog_name} on {function}{' return' if retprobe else ''} in {path}"
+        return self._keep(Link(check_ptr("bpf_program__attach_uprobe_opts", ptr, what), prog_name))
+
+    def attach_uprobe_multi(self, prog_name: str, path: str, offsets: list[int], cookies: list[int], *,
+                            retprobe: bool = False) -> Link:
+        """One uprobe_multi link (Linux 6.6; the program loaded with expected
+        attach type BPF_TRACE_UPROBE_MULTI): the program on each file offset
+        of ``path``, every process, cookie by cookie.  Unlike a perf-event
+        uprobe it needs no CAP_SYS_ADMIN."""
+        n = len(offsets)
+        cpath = ctypes.create_string_buffer(path.encode())
+        offs, cooks = (ctypes.c_uint64 * n)(*offsets), (ctypes.c_uint64 * n)(*cookies)
+        attr = _UprobeMultiAttr(prog_fd=lib.bpf_program__fd(self._program(prog_name)),
+                                attach_type=BPF_TRACE_UPROBE_MULTI, path=ctypes.addressof(cpath),
+                                offsets=ctypes.addressof(offs), cookies=ctypes.addressof(cooks), cnt=n,
+                                multi_flags=_BPF_F_UPROBE_MULTI_RETURN if retprobe else 0)
+        fd = _libc.syscall(_SYS_BPF[platform.machine()], _BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+        what = f"{prog_name} on {n} function(s){' return' if retprobe else ''} in {path}"
+        if fd < 0:
+            raise LibbpfError("BPF_LINK_CREATE uprobe_multi", ctypes.get_errno(), what)
+        return self._keep(Link(None, prog_name, fd=fd))
+
+    def detach(self, link: Link) -> None:
+        """Destroy one link this object made (the others stay)."""
+        link.destroy()
+        self.links.remove(link)
 
     def close(self) -> None:
         for link in reversed(self.links):

@@ -54,8 +54,17 @@ class Probe:
         """Names of a paired counter map's second key on this kernel (e.g. drop reasons)."""
         return {}
 
+    def prepare(self) -> None:
+        """Work before ``sample()`` that touches no BPF object (reading /proc):
+        the agent runs it outside its lock, so scrapes do not wait for it."""
+
     def sample(self) -> None:
         """Periodic in-kernel work the agent drives (every ``sample_interval`` s)."""
+
+    def gauges(self) -> dict[str, dict]:
+        """Values of the family's declared ``Gauge``s: name → {label value: v},
+        or {cgroup id: v} for per-cgroup gauges."""
+        return {}
 
     def optional_programs(self) -> set[str]:
         """Programs whose refusal at load takes down only their own part:

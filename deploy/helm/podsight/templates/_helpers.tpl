@@ -77,6 +77,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if $sec.enabled }}true{{- end }}
 {{- end }}
 
+{{/* The tls probe is on unless config.probes.tls.enabled is false (the agent's default). */}}
+{{- define "podsight.tlsEnabled" -}}
+{{- $tls := (.Values.config.probes | default dict).tls | default dict }}
+{{- if or (not (hasKey $tls "enabled")) $tls.enabled }}true{{- end }}
+{{- end }}
+
+{{/* Features that read other processes' /proc entries (maps, root, exe, cwd):
+they need the host's /proc and ptrace read access (CAP_SYS_PTRACE). */}}
+{{- define "podsight.readsProcesses" -}}
+{{- if or (include "podsight.securityEnabled" .) (include "podsight.tlsEnabled" .) }}true{{- end }}
+{{- end }}
+
 {{/* "true" on Kubernetes >= 1.30: securityContext.appArmorProfile and
 volumeMounts[].recursiveReadOnly exist (the API of 1.25-1.29 has neither). */}}
 {{- define "podsight.kube130" -}}
@@ -103,7 +115,7 @@ recursiveReadOnly: {{ .Values.hostMounts.recursiveReadOnly }}
 
 {{- define "podsight.mountProc" -}}
 {{- $p := .Values.hostMounts.proc }}
-{{- if or (eq (toString $p) "true") (and (eq (toString $p) "auto") (include "podsight.securityEnabled" .)) }}true{{- end }}
+{{- if or (eq (toString $p) "true") (and (eq (toString $p) "auto") (include "podsight.readsProcesses" .)) }}true{{- end }}
 {{- end }}
 
 {{/*

@@ -6,11 +6,11 @@ declaration, see podsight.kernel.family), its entry below, and tests.
 from __future__ import annotations
 
 from ..family import Family
-from . import network, security, tcp
+from . import network, security, tcp, tls
 
 __all__ = ["FAMILIES", "COUNTER_FAMILIES", "family"]
 
-FAMILIES: tuple[Family, ...] = (network.FAMILY, tcp.FAMILY, security.FAMILY)
+FAMILIES: tuple[Family, ...] = (network.FAMILY, tcp.FAMILY, tls.FAMILY, security.FAMILY)
 # Families whose counter maps the agent reads for /metrics (configured under ``probes.<name>``).
 COUNTER_FAMILIES: tuple[Family, ...] = tuple(f for f in FAMILIES if f.counters)
 
