@@ -83,7 +83,7 @@ struct tls_key {
 struct tls_counters {
 	__u64 succeeded;
 	__u64 failed;
-	__u64 untracked;	/* handshakes not timed: the per-thread call map was full */
+	__u64 untracked;	/* handshake calls not timed: their state could not be stored */
 };
 
 /* Load-time knobs of tls.bpf.c. */

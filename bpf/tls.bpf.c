@@ -130,7 +130,11 @@ int BPF_KPROBE(tls_handshake_enter, void *ssl)
 	struct ssl_state fresh = {};
 	struct ssl_state *st = lookup_or_init(&tls_ssl, &key, &fresh);
 
-	if (!st || st->done)
+	if (!st) {		/* an LRU map refuses only when it cannot allocate */
+		count(bpf_get_current_cgroup_id(), TLS_ROLE_UNKNOWN, 0);
+		return 0;
+	}
+	if (st->done)
 		return 0;
 	if (!st->start_ns)
 		st->start_ns = now;

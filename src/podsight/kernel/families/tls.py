@@ -203,7 +203,8 @@ FAMILY = Family(
                "once.", "tls_stats", ("succeeded", "failed"), split="result",
                split_values=("success", "failure"), key_label="role"),
         Metric("podsight_tls_handshakes_untracked", "counter",
-               "TLS handshakes not timed because the kernel's table of calls in progress was full.",
+               "TLS handshake calls not timed because the kernel could not store their state (a map update "
+               "failed; the LRU maps' evictions show as podsight_bpf_map_entries at capacity).",
                "tls_stats", ("untracked",), key_label="role"),
         Metric("podsight_tls_handshake_duration_seconds", "histogram",
                "Time from a TLS handshake's first call to its success, in the TLS library (OpenSSL), by role.",
