@@ -127,15 +127,12 @@ def parse_docs(text: str) -> dict[tuple[str, ...], Doc]:
     return docs
 
 
+_TYPES = ((bool, "bool"), (int, "int"), (float, "float"), (str, "string"), (list, "list"), (dict, "object"))
+
+
 def _type_name(value) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
+    """helm-docs' type name (bool before int: a bool is an int in Python)."""
+    return next((name for t, name in _TYPES if isinstance(value, t)), "string")
     if isinstance(value, list):
         return "list"
     if isinstance(value, dict):

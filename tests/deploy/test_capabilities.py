@@ -4,7 +4,6 @@ capabilities (setpriv), then with each one removed."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,24 +20,6 @@ PROBE = Path(__file__).with_name("bpf_caps_probe.py")
 CORE_OPS = ["map_create_ringbuf", "prog_load_cgroup_skb", "link_cgroup_skb", "prog_load_tracepoint",
             "prog_load_tp_btf", "prog_load_raw_tp", "prog_test_run_raw_tp", "perf_event_open_tracepoint",
             "prog_load_uprobe_multi", "link_uprobe_multi", "read_other_users_maps", "open_other_users_root"]
-
-
-def _mount_of(fstype: str) -> str:
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        parts = line.split()
-        if parts[2] == fstype:
-            return parts[1]
-    pytest.fail(f"no {fstype} mount on this machine (needed by the agent)")
-
-
-@pytest.fixture
-def cgroup_dir():
-    path = Path(_mount_of("cgroup2")) / f"psh-helm-caps-{os.getpid()}"
-    path.mkdir()
-    try:
-        yield path
-    finally:
-        path.rmdir()  # the probe's links die with its process
 
 
 CAP_NUMBERS = {"NET_ADMIN": 12, "SYS_PTRACE": 19, "SYS_ADMIN": 21, "SYS_RESOURCE": 24, "PERFMON": 38, "BPF": 39}

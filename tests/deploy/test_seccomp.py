@@ -17,7 +17,7 @@ import pytest
 
 from podsight.kernel.mounts import tracefs_root  # the agent's own code mounts it where missing
 from tests.deploy.chart import CHART, agent_container, render_scenario
-from tests.deploy.test_capabilities import CORE_OPS, _mount_of, chart_caps
+from tests.deploy.test_capabilities import CORE_OPS, chart_caps
 from tests.deploy.test_security_capabilities import setpriv_prefix
 from tests.support.agent import AgentProcess
 
@@ -69,16 +69,6 @@ def profile_file(tmp_path):
         path.write_text(json.dumps(profile))
         return path
     return write
-
-
-@pytest.fixture
-def cgroup_dir():
-    path = Path(_mount_of("cgroup2")) / f"psh-helm-seccomp-{os.getpid()}"
-    path.mkdir()
-    try:
-        yield path
-    finally:
-        path.rmdir()  # the probe's links die with its process
 
 
 def under(profile: Path, caps: list[str]) -> list[str]:

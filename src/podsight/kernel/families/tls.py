@@ -35,6 +35,7 @@ log = logging.getLogger("podsight.probes")
 UPROBE_PMU = "/sys/bus/event_source/devices/uprobe/type"
 
 CLIENT, SERVER = TLS_ROLES.index("client"), TLS_ROLES.index("server")
+ROLE_NAMES = dict(enumerate(TLS_ROLES))
 
 # program, return probe, (OpenSSL function, cookie: the role it sets).  Only
 # functions that begin with an instruction the kernel emulates (bpf/tls.bpf.c).
@@ -91,7 +92,8 @@ class TlsProbe(Probe):
         self.attached: dict[tuple[str, int], tuple[str, list[Link]]] = {}  # file → (name, links)
         self.unprobed: dict[tuple[str, int], str] = {}                      # file → why it could not be probed
         self._next: Scan | None = None
-        self._last = Scan()
+        self._denied = 0    # pod processes the last scan could not read
+        self._gauges: dict[str, dict] = {}
         self.multi = uprobe_multi()
         self.sweeps = True          # the kernel loaded tls_sweep
         self.tracked: int | None = None  # tls_ssl entries at the last sweep
@@ -141,7 +143,7 @@ class TlsProbe(Probe):
         return {"tls_ssl": (self.tracked, self.obj.maps["tls_ssl"].max_entries)}
 
     def _apply(self, obj: BpfObject, scan: Scan) -> None:
-        if scan.denied and not self._last.denied:
+        if scan.denied and not self._denied:
             log.warning("tls: /proc/<pid>/maps of %d pod process(es) not readable: the tls probe needs ptrace read "
                         "access to other users' processes (CAP_SYS_PTRACE); their TLS is not measured", scan.denied)
         for key in [k for k in self.attached if k not in scan.files]:
@@ -165,23 +167,23 @@ class TlsProbe(Probe):
             else:
                 self.unprobed[key] = error
                 log.warning("tls: cannot probe %s (%s:%d): %s", lib.name, *key, error)
-        self._last = scan
-
-    def key_names(self, counter_map: str) -> dict[int, str]:
-        return dict(enumerate(TLS_ROLES))
-
-    def gauges(self) -> dict[str, dict]:
-        if not self.up:
-            return {}
+        self._denied = scan.denied
+        # The gauges change only here, once a rescan: not computed per scrape.
         by_name: dict[str, int] = {}
         for name, _ in self.attached.values():
             by_name[name] = by_name.get(name, 0) + 1
         probed = set(self.attached)
-        return {
+        self._gauges = {
             "podsight_tls_libraries_attached": by_name,
             "podsight_tls_library_processes": {
-                cid: sum(1 for files in procs if files & probed) for cid, procs in self._last.cgroups.items()},
+                cid: sum(1 for files in procs if files & probed) for cid, procs in scan.cgroups.items()},
         }
+
+    def key_names(self, counter_map: str) -> dict[int, str]:
+        return ROLE_NAMES
+
+    def gauges(self) -> dict[str, dict]:
+        return self._gauges if self.up else {}
 
 
 # log2 slots of microseconds; buckets 256 us .. ~8.4 s, then +Inf.
