@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where the agent's user-space time goes at scale: py-spy on the real agent.
 
-    .venv/bin/python bench/profile.py [--pods 1000] [--seconds 20] [--idle]
+    .venv/bin/python bench/profile.py [--pods 1000] [--seconds 20] [--idle] [--flows replicas|per_pod]
 
 Sets up the scale figure's pods (traffic + test API server metadata), then
 records the agent with py-spy while scraping back to back (or, with --idle,
@@ -95,33 +95,53 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--idle", action="store_true", help="profile the agent while nobody scrapes")
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    p.add_argument("--flows", choices=("replicas", "per_pod"),
+                   help="figure 8's setup instead (flows on, a cluster of 10,000 pods; the local pods' shape)")
     p.add_argument("--events", action="store_true",
                    help="profile the security events path instead (figure 5's kernel run), no pods at scale")
     a = p.parse_args()
     spy = _pyspy()
     if a.events:
         return profile_events(spy, a)
+    if a.flows:
+        return profile_flows(spy, a)
     with env.bench_node() as node, scale.scaled_agent(node, a.pods, 3, print) as (agent, info):
         print(f"series {info['series']:,}, body {info['body_bytes']:,} bytes")
-        stop = threading.Event()
-        n = [0]
+        return _scrapes_or_idle(spy, agent, a)
 
-        def scrape_loop():
-            while not stop.is_set():
-                scale._scrape(agent.url)
-                n[0] += 1
 
-        t = None
-        if not a.idle:
-            t = threading.Thread(target=scrape_loop, daemon=True)
-            t.start()
-        # Idle: sample threads in system calls too (scandir of the cgroup tree releases the GIL).
-        collapsed = _record(spy, agent.proc.pid, a, gil=not a.idle)
-        stop.set()
-        if t is not None:
-            t.join()
-        print(f"{n[0]} scrapes during {a.seconds:g} s" if not a.idle else f"idle {a.seconds:g} s")
-        print(summarize(collapsed))
+def profile_flows(spy: str, a) -> int:
+    """Figure 8's scrape setup: --pods local pods with 10 peers each, the
+    cluster of 10,000 pods, 2,000 services and 500 nodes, flows on."""
+    from benchlib import flows
+
+    with env.bench_node() as node:
+        pods = flows.local_pods(node, a.pods, print)
+        with flows.cluster_agent(node, pods, a.flows, True, flows.SIZES, print) as (agent, info):
+            print(f"edges {info['edges']}, RSS stages {info['rss_stages_mb']}")
+            return _scrapes_or_idle(spy, agent, a)
+
+
+def _scrapes_or_idle(spy: str, agent, a) -> int:
+    stop = threading.Event()
+    n = [0]
+
+    def scrape_loop():
+        while not stop.is_set():
+            scale._scrape(agent.url)
+            n[0] += 1
+
+    t = None
+    if not a.idle:
+        t = threading.Thread(target=scrape_loop, daemon=True)
+        t.start()
+    # Idle: sample threads in system calls too (scandir of the cgroup tree releases the GIL).
+    collapsed = _record(spy, agent.proc.pid, a, gil=not a.idle)
+    stop.set()
+    if t is not None:
+        t.join()
+    print(f"{n[0]} scrapes during {a.seconds:g} s" if not a.idle else f"idle {a.seconds:g} s")
+    print(summarize(collapsed))
     return 0
 
 

@@ -20,10 +20,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))  # tests.support
 
-from benchlib import churn, compare, env, events, kernel_cost, render, report, scale, throughput, tls  # noqa: E402
+from benchlib import churn, compare, env, events, flows, kernel_cost, render, report, scale, throughput, tls  # noqa: E402
 from benchlib.machine import bpf_stats_sysctl, machine_info  # noqa: E402
 
-FIGURES = ("throughput", "churn", "tls", "kernel_cost", "scale", "events", "render")
+FIGURES = ("throughput", "churn", "tls", "kernel_cost", "scale", "events", "render", "flows")
 
 
 def _args(argv):
@@ -35,7 +35,7 @@ def _args(argv):
                    help="off/on/empty rounds of the iperf3 and churn figures (default 15; quick 1): "
                         "single rounds vary by +-5 %% here, and 15 give a 95 %% interval for the median")
     p.add_argument("--seconds", type=float, help="length of each iperf3/wrk run (default 3; quick 1)")
-    p.add_argument("--pods", type=int, help="simulated pods for the scale figure (default 1000; quick 20)")
+    p.add_argument("--pods", type=int, help="simulated pods for the scale and flows figures (default 1000; quick 20)")
     p.add_argument("--scrapes", type=int,
                    help="scrapes per repeat and kind (gzip, as Prometheus asks, and plain) for the scale figure "
                         "(default 100; quick 5)")
@@ -104,6 +104,8 @@ def main(argv=None) -> int:
                                        a.interval_seconds, log),
             "events": lambda: events.run(a.events, a.repeats, log, node, 1 if a.quick else 5),
             "render": lambda: render.run(a.pods, 3 if a.quick else 20, max(1, min(a.repeats, 3)), log),
+            "flows": lambda: flows.run(node, tools, a.repeats, a.rounds, a.seconds, a.pods, a.scrapes,
+                                       flows.QUICK_SIZES if a.quick else flows.SIZES, log),
         }
         for name in FIGURES:
             if name not in a.only:

@@ -29,6 +29,7 @@ struct tcp_counters {
 	__u64 retransmits;
 	__u64 resets_sent;
 	__u64 resets_received;
+	__u64 flow_untracked;	/* with flows on: events no edge of tcp_flows could hold (counted here instead) */
 };
 
 /* Histogram keys: one histogram per (cgroup, kind). */
@@ -61,6 +62,55 @@ struct drop_key {
 #define PODSIGHT_DROP_REASON_WORDS 4
 struct tcp_config {
 	__u64 ignored_drop_reasons[PODSIGHT_DROP_REASON_WORDS];
+	__u32 flows;		/* count per edge in tcp_flows, not per cgroup */
+	__u32 pad;
+};
+
+/* ---- peer flows (tcp.bpf.c, with tcp_config.flows) ---- */
+
+enum flow_role {
+	FLOW_UNKNOWN = 0,	/* no edge yet */
+	FLOW_CLIENT = 1,	/* we sent the SYN */
+	FLOW_SERVER = 2,	/* we accepted it */
+};
+
+/* An edge of tcp_flows: the socket's cgroup, the peer, the server port and
+ * our role; never the ephemeral port, except for a connection to a Service
+ * address (flow_services), which is its own edge until the agent has read
+ * which backend conntrack sent it to. */
+struct flow_key {
+	__u64 cgroup_id;
+	__u8 addr[16];		/* the peer; IPv4 (and IPv4-mapped IPv6) in the first 4 bytes */
+	__u16 port;		/* server port, host order */
+	__u16 client_port;	/* 0, or our port on a connection to a Service address */
+	__u8 family;		/* AF_INET or AF_INET6 */
+	__u8 role;		/* enum flow_role */
+	__u16 pad;
+};
+
+/* Value of tcp_flows.  Bytes and segments are the socket's own counters
+ * (bytes_acked, bytes_received, segs_out, segs_in), added by the RTT sampler
+ * and at close: no per-packet work. */
+struct flow_counters {
+	__u64 opened;
+	__u64 failed;
+	__u64 closed;
+	__u64 bytes_sent;
+	__u64 bytes_received;
+	__u64 segs_sent;
+	__u64 segs_received;
+	__u64 retransmits;
+	struct hist srtt;	/* microseconds */
+	struct hist connect;	/* microseconds, client side */
+};
+
+/* flow_services[0]: the Service ClusterIP ranges, written by the agent as it
+ * learns them.  A zero mask: no range of that family. */
+struct flow_services {
+	__u32 v4_net;		/* network order */
+	__u32 v4_mask;
+	__u32 v6_net[4];
+	__u32 v6_mask[4];
 };
 
 /* ---- TLS handshakes (tls.bpf.c) ---- */

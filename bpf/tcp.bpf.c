@@ -12,6 +12,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
 #include "podsight.h"
 #include "maps.bpf.h"
 
@@ -47,6 +48,26 @@ struct {
 /* Set by the agent before load (podsight.kernel.probes.tcp_config). */
 const volatile struct tcp_config cfg SEC(".rodata.config") = {};
 
+/* Per-edge flows (tcp_config.flows): what tcp_stats and tcp_histograms
+ * count per cgroup, counted per (cgroup, peer, server port, role) instead;
+ * the agent sums a cgroup's edges for the per-cgroup families.  Shared by
+ * all CPUs (a per-CPU copy of 600 bytes per edge would cost 64x the memory
+ * on a 64-CPU node), so every add is atomic. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct flow_key);
+	__type(value, struct flow_counters);
+} tcp_flows SEC(".maps");
+
+/* The Service ClusterIP ranges (written by the agent as it learns them). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flow_services);
+} flow_services SEC(".maps");
+
 /* Per-socket state the kernel does not keep for us, keyed by the socket's
  * address from the handshake to TCP_CLOSE (every TCP socket reaches it
  * before it is freed, so nothing leaks).  A preallocated hash, not socket
@@ -55,9 +76,14 @@ const volatile struct tcp_config cfg SEC(".rodata.config") = {};
  * programs (bench/README.md). */
 struct sock_state {
 	__u64 syn_sent_ns;	/* 0: not an outbound handshake we saw start */
-	__u64 cgroup_id;	/* for the sampler, which has only the address */
-	__u32 established;	/* we counted its open, so we count its close */
-	__u32 last_segs_in;	/* tcp_sock.segs_in at the last RTT sample */
+	__u64 bytes_acked;	/* tcp_sock counters already on the edge (flows) */
+	__u64 bytes_received;
+	struct flow_key flow;	/* its edge; flow.cgroup_id also serves the sampler without flows */
+	/* u32 tcp_sock counters in u64s: BPF's 32-bit exchange needs -mcpu=v3. */
+	__u64 segs_out;
+	__u64 last_segs_in;	/* tcp_sock.segs_in at the last RTT sample (and on the edge) */
+	__u32 established;	/* we counted its open (enum flow_role with flows), so we count its close */
+	__u32 pad;
 };
 
 struct {
@@ -128,15 +154,258 @@ static __always_inline void observe(__u64 cgid, __u32 kind, __u64 value)
 		hist_add(h, value);
 }
 
+/* ---- flows ---- */
+
+/* The edge of a socket: its peer and server port as this side sees them.
+ * An IPv4-mapped IPv6 peer (a dual-stack socket talking IPv4) is IPv4, so
+ * both ends of one connection name the same address. */
+static __always_inline void flow_peer(struct flow_key *k, struct sock *sk, __u16 family, __u32 role)
+{
+	if (family == AF_INET6) {
+		__u32 *a = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32;
+		__u32 w0 = a[0], w1 = a[1], w2 = a[2], w3 = a[3];
+
+		if (!(w0 | w1) && w2 == bpf_htonl(0xffff)) {
+			family = AF_INET;
+			__builtin_memcpy(&k->addr[0], &w3, 4);
+		} else {
+			__builtin_memcpy(&k->addr[0], &w0, 4);
+			__builtin_memcpy(&k->addr[4], &w1, 4);
+			__builtin_memcpy(&k->addr[8], &w2, 4);
+			__builtin_memcpy(&k->addr[12], &w3, 4);
+		}
+	} else {
+		__u32 d = sk->__sk_common.skc_daddr;
+
+		__builtin_memcpy(&k->addr[0], &d, 4);
+	}
+	k->family = family;
+	k->role = role;
+	k->port = role == FLOW_CLIENT ? bpf_ntohs(sk->__sk_common.skc_dport) : sk->__sk_common.skc_num;
+}
+
+/* A client connection to a Service address is its own edge (our port in
+ * the key) until the agent has asked conntrack where it went: the socket
+ * only ever sees the ClusterIP.  One array read and a masked compare. */
+static __always_inline void flow_service(struct flow_key *k, struct sock *sk)
+{
+	__u32 zero = 0, a[4];
+	struct flow_services *s = bpf_map_lookup_elem(&flow_services, &zero);
+
+	if (!s)
+		return;
+	__builtin_memcpy(a, k->addr, 16);
+	if (k->family == AF_INET) {
+		if (!s->v4_mask || (a[0] & s->v4_mask) != s->v4_net)
+			return;
+	} else if (!(s->v6_mask[0] | s->v6_mask[1] | s->v6_mask[2] | s->v6_mask[3]) ||
+		   (a[0] & s->v6_mask[0]) != s->v6_net[0] || (a[1] & s->v6_mask[1]) != s->v6_net[1] ||
+		   (a[2] & s->v6_mask[2]) != s->v6_net[2] || (a[3] & s->v6_mask[3]) != s->v6_net[3]) {
+		return;
+	}
+	k->client_port = sk->__sk_common.skc_num;
+}
+
+/* A new edge's first value: 600 bytes, more than fits on the BPF stack. */
+const struct flow_counters flow_zero = {};
+
+static __always_inline struct flow_counters *flow(const struct flow_key *k)
+{
+	return lookup_or_init(&tcp_flows, k, &flow_zero);
+}
+
+/* The socket's counters since the last visit, onto its edge.  Exchanged,
+ * not read then written: the sampler and the close can visit one socket at
+ * once on two CPUs, and each byte must land once. */
+static __always_inline void flow_delta(struct flow_counters *f, struct sock_state *st, __u64 acked,
+				       __u64 received, __u32 segs_out, __u32 segs_in)
+{
+	__u64 d = acked - __sync_lock_test_and_set(&st->bytes_acked, acked);
+
+	if (d)
+		__sync_fetch_and_add(&f->bytes_sent, d);
+	d = received - __sync_lock_test_and_set(&st->bytes_received, received);
+	if (d)
+		__sync_fetch_and_add(&f->bytes_received, d);
+	__u32 n = segs_out - (__u32)__sync_lock_test_and_set(&st->segs_out, (__u64)segs_out);
+
+	if (n)
+		__sync_fetch_and_add(&f->segs_sent, n);
+	n = segs_in - (__u32)__sync_lock_test_and_set(&st->last_segs_in, (__u64)segs_in);
+	if (n)
+		__sync_fetch_and_add(&f->segs_received, n);
+}
+
 /* One RTT sample if the connection received segments since its last one:
  * the rule of both the periodic sampler and the sample taken at close, so
- * short connections count too.  srtt_us holds 8 x the smoothed RTT in us. */
+ * short connections count too.  srtt_us holds 8 x the smoothed RTT in us.
+ * Without flows only. */
 static __always_inline void record_srtt(struct sock_state *st, __u32 segs_in, __u32 srtt8)
 {
 	if (segs_in == st->last_segs_in)
 		return;
 	st->last_segs_in = segs_in;
-	observe(st->cgroup_id, HIST_SRTT, srtt8 >> 3);
+	observe(st->flow.cgroup_id, HIST_SRTT, srtt8 >> 3);
+}
+
+/* With flows: the socket's counters and an RTT sample (if it received
+ * since the last visit) onto its edge; false if no edge could hold them. */
+static __always_inline bool flow_visit(struct sock_state *st, __u64 acked, __u64 received, __u32 segs_out,
+				       __u32 segs_in, __u32 srtt8)
+{
+	if (segs_in == st->last_segs_in && segs_out == st->segs_out)
+		return true;	/* nothing new: no edge lookup */
+	struct flow_counters *f = flow(&st->flow);
+
+	if (!f)
+		return false;
+	bool received_any = segs_in != st->last_segs_in;
+
+	flow_delta(f, st, acked, received, segs_out, segs_in);
+	if (received_any)
+		hist_add(&f->srtt, srtt8 >> 3);
+	return true;
+}
+
+/* An event no edge could hold: counted per cgroup as without flows. */
+static __always_inline struct tcp_counters *untracked(__u64 cgid)
+{
+	struct tcp_counters *c = counters(cgid);
+
+	if (c)
+		__sync_fetch_and_add(&c->flow_untracked, 1);
+	return c;
+}
+
+/* ---- the connection lifecycle ---- */
+
+static __always_inline void established(struct sock *sk, int old, __u16 family, __u64 key)
+{
+	struct sock_state *st = NULL;
+	struct tcp_counters *c;
+	__u64 connect_us = 0;
+	__u64 cgid;
+
+	if (old == TCP_SYN_SENT) {
+		st = bpf_map_lookup_elem(&tcp_socks, &key);
+		if (st && st->syn_sent_ns)
+			connect_us = (bpf_ktime_get_ns() - st->syn_sent_ns) / 1000;
+	}
+	if (cfg.flows) {
+		struct sock_state fresh = {};
+		struct flow_counters *f;
+		__u32 role = old == TCP_SYN_SENT ? FLOW_CLIENT : FLOW_SERVER;
+
+		if (!st) {
+			/* A child socket (TCP_SYN_RECV) is never in the map yet: no lookup. */
+			fresh.flow.cgroup_id = btf_sk_cgroup_id(sk);
+			flow_peer(&fresh.flow, sk, family, role);
+			st = &fresh;
+		}
+		if (role == FLOW_CLIENT)
+			flow_service(&st->flow, sk);	/* our port is known only now */
+		st->established = role;
+		f = flow(&st->flow);
+		if (f) {
+			__sync_fetch_and_add(&f->opened, 1);
+			if (connect_us)
+				hist_add(&f->connect, connect_us);
+		} else {
+			c = untracked(st->flow.cgroup_id);
+			if (c)
+				__sync_fetch_and_add(role == FLOW_CLIENT ? &c->opened_outbound : &c->opened_inbound, 1);
+			if (connect_us)
+				observe(st->flow.cgroup_id, HIST_CONNECT, connect_us);
+		}
+		if (st == &fresh)
+			bpf_map_update_elem(&tcp_socks, &key, &fresh, BPF_ANY);
+		return;
+	}
+
+	cgid = btf_sk_cgroup_id(sk);	/* only for transitions we count */
+	c = counters(cgid);
+	if (!c)
+		return;
+	if (old == TCP_SYN_SENT) {
+		__sync_fetch_and_add(&c->opened_outbound, 1);
+		if (connect_us)
+			observe(cgid, HIST_CONNECT, connect_us);
+	} else {
+		__sync_fetch_and_add(&c->opened_inbound, 1);
+	}
+	if (st) {
+		st->flow.cgroup_id = cgid;
+		st->established = 1;
+	} else {
+		struct sock_state fresh = { .flow.cgroup_id = cgid, .established = 1 };
+
+		bpf_map_update_elem(&tcp_socks, &key, &fresh, BPF_ANY);
+	}
+}
+
+static __always_inline void closed(struct sock *sk, int old, __u16 family, __u64 key)
+{
+	struct sock_state *st = bpf_map_lookup_elem(&tcp_socks, &key);
+	bool tracked = st != NULL;
+	struct tcp_counters *c;
+
+	if (cfg.flows) {
+		struct sock_state fresh = {};
+		bool failed = old == TCP_SYN_SENT || old == TCP_SYN_RECV;
+
+		if (!failed && !(st && st->established))
+			goto out;	/* opened before we ran: not counted, as without flows */
+		if (!st) {
+			fresh.flow.cgroup_id = btf_sk_cgroup_id(sk);
+			flow_peer(&fresh.flow, sk, family, old == TCP_SYN_SENT ? FLOW_CLIENT : FLOW_SERVER);
+			st = &fresh;
+		}
+		if (old == TCP_SYN_SENT)
+			flow_service(&st->flow, sk);
+		struct flow_counters *f = flow(&st->flow);
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+
+		if (f) {
+			__sync_fetch_and_add(failed ? &f->failed : &f->closed, 1);
+			if (tp) {
+				/* Before the exchange below moves last_segs_in. */
+				bool received_any = tp->segs_in != st->last_segs_in;
+
+				flow_delta(f, st, tp->bytes_acked, tp->bytes_received, tp->segs_out, tp->segs_in);
+				if (!failed && received_any)
+					hist_add(&f->srtt, tp->srtt_us >> 3);
+			}
+		} else {
+			c = untracked(st->flow.cgroup_id);
+			if (c) {
+				if (!failed)
+					__sync_fetch_and_add(&c->closed, 1);
+				else
+					__sync_fetch_and_add(old == TCP_SYN_SENT ? &c->failed_outbound : &c->failed_inbound, 1);
+			}
+		}
+		goto out;
+	}
+
+	c = counters(btf_sk_cgroup_id(sk));
+	if (c) {
+		if (old == TCP_SYN_SENT) {
+			__sync_fetch_and_add(&c->failed_outbound, 1);
+		} else if (old == TCP_SYN_RECV) {
+			__sync_fetch_and_add(&c->failed_inbound, 1);
+		} else if (st && st->established) {
+			/* Only closes of connections whose open we counted, so
+			 * that opened - closed is the number still active. */
+			__sync_fetch_and_add(&c->closed, 1);
+			struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+
+			if (tp)
+				record_srtt(st, tp->segs_in, tp->srtt_us);
+		}
+	}
+out:
+	if (tracked)
+		bpf_map_delete_elem(&tcp_socks, &key);
 }
 
 /* A BTF tracepoint: the kernel's own arguments, no classic record to fill
@@ -158,60 +427,23 @@ int BPF_PROG(tcp_state, struct sock *sk, int old, int new)
 		return 0;
 
 	__u64 key = (__u64)sk;	/* tcp_socks is keyed by the socket's address */
-	__u64 cgid;
-	struct tcp_counters *c;
-	struct sock_state *st;
 
 	if (old == TCP_CLOSE && new == TCP_SYN_SENT) {
 		struct sock_state fresh = { .syn_sent_ns = bpf_ktime_get_ns() };
 
+		/* The peer is set before this transition, our port after it
+		 * (tcp_v4_connect: tcp_set_state, then inet_hash_connect). */
+		if (cfg.flows) {
+			fresh.flow.cgroup_id = btf_sk_cgroup_id(sk);
+			flow_peer(&fresh.flow, sk, family, FLOW_CLIENT);
+		}
 		bpf_map_update_elem(&tcp_socks, &key, &fresh, BPF_ANY);
 		return 0;
 	}
-	if (new == TCP_ESTABLISHED && (old == TCP_SYN_SENT || old == TCP_SYN_RECV)) {
-		cgid = btf_sk_cgroup_id(sk);	/* only for transitions we count */
-		c = counters(cgid);
-		if (!c)
-			return 0;
-		st = bpf_map_lookup_elem(&tcp_socks, &key);
-		if (old == TCP_SYN_SENT) {
-			__sync_fetch_and_add(&c->opened_outbound, 1);
-			if (st && st->syn_sent_ns)
-				observe(cgid, HIST_CONNECT, (bpf_ktime_get_ns() - st->syn_sent_ns) / 1000);
-		} else {
-			__sync_fetch_and_add(&c->opened_inbound, 1);
-		}
-		if (st) {
-			st->cgroup_id = cgid;
-			st->established = 1;
-		} else {
-			struct sock_state fresh = { .cgroup_id = cgid, .established = 1 };
-
-			bpf_map_update_elem(&tcp_socks, &key, &fresh, BPF_ANY);
-		}
-		return 0;
-	}
-
-	cgid = btf_sk_cgroup_id(sk);
-	c = counters(cgid);
-	st = bpf_map_lookup_elem(&tcp_socks, &key);
-	if (c) {
-		if (old == TCP_SYN_SENT) {
-			__sync_fetch_and_add(&c->failed_outbound, 1);
-		} else if (old == TCP_SYN_RECV) {
-			__sync_fetch_and_add(&c->failed_inbound, 1);
-		} else if (st && st->established) {
-			/* Only closes of connections whose open we counted, so
-			 * that opened - closed is the number still active. */
-			__sync_fetch_and_add(&c->closed, 1);
-			struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
-
-			if (tp)
-				record_srtt(st, tp->segs_in, tp->srtt_us);
-		}
-	}
-	if (st)
-		bpf_map_delete_elem(&tcp_socks, &key);
+	if (new == TCP_ESTABLISHED)
+		established(sk, old, family, key);
+	else
+		closed(sk, old, family, key);
 	return 0;
 }
 
@@ -229,13 +461,35 @@ int tcp_retransmit(struct trace_event_raw_tcp_retransmit_skb *ctx)
 			return 0;
 	}
 	const struct sk_buff *skb = ctx->skbaddr;
-	struct tcp_counters *c = counters(sk_cgroup_id(ctx->skaddr));
 	__u16 segs = 1;
 
 	/* tcp_skb_pcount(): a TSO skb is several segments, as TcpRetransSegs counts them. */
 	bpf_probe_read_kernel(&segs, sizeof(segs), (void *)skb + bpf_core_field_offset(struct sk_buff, cb) + 8);
+	segs = segs ? segs : 1;
+	if (cfg.flows) {
+		/* The edge of a connection we track (its key is in its state,
+		 * from SYN_SENT on); others are counted per cgroup. */
+		__u64 key = (__u64)ctx->skaddr;
+		struct sock_state *st = bpf_map_lookup_elem(&tcp_socks, &key);
+
+		if (st && st->flow.role) {
+			struct flow_counters *f = flow(&st->flow);
+
+			if (f) {
+				__sync_fetch_and_add(&f->retransmits, segs);
+				return 0;
+			}
+			struct tcp_counters *c = untracked(st->flow.cgroup_id);
+
+			if (c)
+				__sync_fetch_and_add(&c->retransmits, segs);
+			return 0;
+		}
+	}
+	struct tcp_counters *c = counters(sk_cgroup_id(ctx->skaddr));
+
 	if (c)
-		__sync_fetch_and_add(&c->retransmits, segs ? segs : 1);
+		__sync_fetch_and_add(&c->retransmits, segs);
 	return 0;
 }
 
@@ -282,6 +536,12 @@ static long sample_one(struct bpf_map *map, __u64 *key, struct sock_state *st, v
 		return 0;
 	const struct tcp_sock *tp = (const struct tcp_sock *)*key;
 
+	if (cfg.flows) {
+		if (!flow_visit(st, BPF_CORE_READ(tp, bytes_acked), BPF_CORE_READ(tp, bytes_received),
+				BPF_CORE_READ(tp, segs_out), BPF_CORE_READ(tp, segs_in), BPF_CORE_READ(tp, srtt_us)))
+			untracked(st->flow.cgroup_id);
+		return 0;
+	}
 	record_srtt(st, BPF_CORE_READ(tp, segs_in), BPF_CORE_READ(tp, srtt_us));
 	return 0;
 }

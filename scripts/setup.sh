@@ -10,7 +10,7 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 run_pkgs=(clang llvm libbpf-dev libbpf1 bpftool iproute2 make)
-test_pkgs=(iptables iperf3 wrk prometheus prometheus-alertmanager unzip curl openssl libssl-dev git util-linux musl-tools podman buildah runc mmdebstrap slirp4netns)
+test_pkgs=(iptables conntrack iperf3 wrk prometheus prometheus-alertmanager unzip curl openssl libssl-dev git util-linux musl-tools podman buildah runc mmdebstrap slirp4netns)
 
 missing=()
 for p in "${run_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

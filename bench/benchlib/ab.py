@@ -9,7 +9,7 @@ from . import env
 from .floor import floor_programs
 from .stats import median_ci, ratio_pairs, summary
 
-__all__ = ["alternate"]
+__all__ = ["alternate", "rotate"]
 
 
 def alternate(measure: Callable[[], float | tuple[float, dict]], repeats: int, log: Callable[[str], None], *,
@@ -78,3 +78,36 @@ def alternate(measure: Callable[[], float | tuple[float, dict]], repeats: int, l
 def _floor():
     with floor_programs(env.build_tools()["empty_dir"]):
         yield
+
+
+def rotate(measure: Callable[[], float], repeats: int, arms: dict[str, Callable[[], ContextManager]],
+           log: Callable[[str], None], *, after: Callable[[str, object, float], None] | None = None) -> dict:
+    """``repeats`` rounds of every arm of ``arms`` (name → context manager
+    factory yielding the running agent, or None for an arm without one), in
+    an order that rotates by one every round, so no arm always runs first or
+    after the same neighbour.  ``after(arm, agent, value)`` runs after each
+    measurement, the arm still up: to check that an agent saw the load.
+
+    Returns {"runs": {arm: [value per round]}, "agent_cpu_percent": {arm:
+    summary}}: the raw values in round order, so any two arms can be paired
+    by round (``stats.ratio_pairs``).
+    """
+    names = list(arms)
+    runs: dict[str, list[float]] = {a: [] for a in names}
+    cpu: dict[str, list[float]] = {a: [] for a in names}
+    for i in range(repeats):
+        k = i % len(names)
+        for arm in names[k:] + names[:k]:
+            with arms[arm]() as agent:
+                if agent is None:
+                    value = measure()
+                else:
+                    pid = agent.proc.pid
+                    c0, t0 = env.cpu_seconds(pid), time.monotonic()
+                    value = measure()
+                    cpu[arm].append((env.cpu_seconds(pid) - c0) / (time.monotonic() - t0) * 100)
+                if after is not None:
+                    after(arm, agent, value)
+            runs[arm].append(value)
+        log(f"  round {i + 1}/{repeats}: " + "  ".join(f"{a} {runs[a][-1]:,.1f}" for a in names))
+    return {"runs": runs, "agent_cpu_percent": {a: summary(v) for a, v in cpu.items() if v}}

@@ -88,6 +88,71 @@ def _tls_rows(x: dict) -> list[tuple[str, str, str]]:
              f"{sum(r['made'] for r in c['per_on_run']):,} in {c['runs']} on-run(s), both sides, no failure", "")]
 
 
+def _within(b: dict | None) -> str:
+    """A verdict, and for the within-noise rule what the interval says."""
+    if not b or "rule" not in b or not b.get("rule", "").startswith("equal within noise") or not b.get("ci"):
+        return _verdict(b)
+    below = b["ci"]["high"] < b["limit"]
+    return (f"{b['verdict']} (= {_limit(b['limit'])} within noise); {_ci(b['ci'])}: "
+            + ("wholly below" if below else "includes or lies above the line"))
+
+
+def _flows_rows(x: dict) -> list[tuple[str, str, str]]:
+    """Figure 8: flows on against flows off."""
+    rows: list[tuple[str, str, str]] = []
+    for key, name, digits in (("throughput", "iperf3", 2), ("churn", "churn", 0)):
+        t = x.get(key)
+        if not t:
+            continue
+        rows.append((f"flows {name} {t['unit']} off / flows on / flows off / empty",
+                     " / ".join(_mmm(t[a], digits) for a in ("off", "flows_on", "flows_off", "empty_programs")), ""))
+        rows.append((f"flows {name} on/off, flows on | off",
+                     f"{_mmm(t['flows_on_vs_off'], 4)} | {_mmm(t['flows_off_vs_off'], 4)}", ""))
+        rows.append((f"flows {name} on/empty, flows on | off",
+                     f"{_mmm(t['flows_on_vs_empty'], 4)} | {_mmm(t['flows_off_vs_empty'], 4)}",
+                     f"empty/off {_mmm(t['empty_programs_vs_off'], 4)}"))
+        rows.append((f"flows {name} flows on / flows off (paired)", _mmm(t["flows_on_vs_flows_off"], 4),
+                     _within(t["budget"])))
+    k = x.get("kernel")
+    if k:
+        for prog in ("tcp_state", "tcp_rtt_sample"):
+            p = k["programs"].get(prog, {})
+            if not p:
+                continue
+            cells = [f"{side} {_fmt((p[side]['ns_per_run'] or {}).get('median'))}"
+                     for side in ("flows_on", "flows_off", "empty_programs") if side in p]
+            per_conn = " / ".join(_fmt(p[side]["ns_per_connection"].get("median"))
+                                  for side in ("flows_on", "flows_off", "empty_programs") if side in p)
+            rows.append((f"flows {prog} ns/run (BPF stats)", ", ".join(cells), f"ns per connection {per_conn}"))
+    sc = x.get("scrape")
+    if sc:
+        for key, name in (("replicas", "100 workloads x 10"), ("per_pod", "one workload per pod"),
+                          ("flows_off", "flows off, 100 x 10")):
+            r = sc.get(key)
+            if not r:
+                continue
+            e = r.get("edges") or {}
+            what = f"{r['pods']} pods x {r['peers_per_pod']} peers: {r['series']:,} series"
+            if e:
+                what += f", {e['rows']:,} edge rows ({int(e['folded'] or 0):,} folded)"
+            rows.append((f"flows scrape, {name}", what, ""))
+            rows.append(("  scrape p50 / p99 ms (gzip)", f"{_mmm(r['scrape_p50_ms'])} / {_mmm(r['scrape_p99_ms'])}",
+                         _verdict(r["scrape_p99_ms"].get("budget"))))
+            rows.append(("  agent CPU ms per scrape (gzip); page bytes plain / gzip",
+                         f"{_mmm(r['cpu_ms_per_scrape'])}; {r['body_bytes']:,} / {_bytes(r['gzip_bytes'])}", ""))
+            st = r["rss_stages_mb"]
+            rows.append(("  agent RSS MB (peak)", f"{_mmm(r['rss_mb'])} ({_fmt(r['peak_rss_mb'])}); synced "
+                         f"{_fmt(st['synced'])}, edges read {_fmt(st['edges_read'])}, first pages "
+                         f"{_fmt(st['first_pages'])}, scraped {_fmt(st['scraped'])}, idle {_fmt(st['idle'])}",
+                         _verdict(r["rss_mb"].get("budget"))))
+            cw = r.get("cluster_watch_rss_mb") or {}
+            rows.append(("  agent RSS MB, watches synced, before traffic", _fmt(cw.get("value")),
+                         _verdict(cw.get("budget"))))
+            if r.get("idle_cpu_percent") is not None:
+                rows.append(("  agent CPU % idle (no scrapes)", f"{r['idle_cpu_percent']:.2f}", ""))
+    return rows
+
+
 def table(res: dict) -> str:
     m = res["machine"]
     lines = [f"podsight benchmark: {m['date']}  {m['hostname']}  kernel {m['kernel']}  "
@@ -153,6 +218,8 @@ def table(res: dict) -> str:
                          f"{_mmm(x['plain_ms'], 1)} / {_mmm(x['gzip_ms'], 1)}", ""))
             rows.append((f"  {key.split('_')[1]} changed: vs old, plain / gzip",
                          f"{_mmm(x['plain_vs_legacy'], 3)} / {_mmm(x['gzip_vs_legacy'], 3)}", ""))
+    if "flows" in f:
+        rows += _flows_rows(f["flows"])
     w = max(len(r[0]) for r in rows) if rows else 0
     v = max(len(r[1]) for r in rows) if rows else 0
     lines += [f"{a:<{w}}  {b:<{v}}  {c}".rstrip() for a, b, c in rows]

@@ -199,6 +199,49 @@ class Security:
     output: SecurityOutput = field(default_factory=SecurityOutput)
 
 
+def _private_cidrs() -> dict[str, list[str]]:
+    return {"private": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]}
+
+
+@dataclass
+class FlowsExternal:
+    # Peers outside the cluster, by named CIDR sets: the longest matching
+    # prefix names the set (peer_workload="<set>").
+    cidr_sets: dict[str, list[str]] = field(default_factory=_private_cidrs)
+    # The set of every address no CIDR set holds.
+    default_set: str = "internet"
+    # Also export the raw address (peer_ip) of the top_ips external peers by
+    # bytes per workload; off: no raw IP is ever a label.
+    raw_ips: bool = False
+    top_ips: int = 10
+
+
+@dataclass
+class Flows:
+    # Who talks to whom: per-edge TCP flows (tcp.bpf.c keeps the peer of each
+    # connection it tracks; no per-packet work).  Needs the tcp probe.
+    enabled: bool = True
+    # "workload": workload <-> peer workload; "pod": pod <-> peer pod.
+    level: str = "workload"
+    # Peers exported per local workload (by bytes over peer_window); the rest
+    # are folded into peer_workload="~other".
+    max_peers_per_workload: int = 20
+    peer_window: Duration = Duration(300.0)
+    # An edge with no new traffic for this long leaves /metrics.
+    idle_timeout: Duration = Duration(600.0)
+    # Kernel flow map entries (per node): edges, plus one per live connection to a Service address.
+    max_flows: int = 16384
+    # Name the backend a Service connection reached from the host network
+    # namespace's conntrack NAT tuples (the agent needs CAP_NET_ADMIN there).
+    conntrack: bool = True
+    # Service ClusterIP ranges whose connections are followed one by one (to
+    # find their backend); empty: learned from the ClusterIPs the agent sees.
+    service_cidrs: list[str] = field(default_factory=list)
+    # The Node label that names a node's zone.
+    zone_label: str = "topology.kubernetes.io/zone"
+    external: FlowsExternal = field(default_factory=FlowsExternal)
+
+
 @dataclass
 class Config:
     listen: str = DEFAULT_LISTEN
@@ -216,12 +259,14 @@ class Config:
     kubernetes: Kubernetes = field(default_factory=Kubernetes)
     labels: Labels = field(default_factory=Labels)
     security: Security = field(default_factory=Security)
+    flows: Flows = field(default_factory=Flows)
 
 
 _CHOICES = {
     "log_level": ("debug", "info", "warning", "error"),
     "kubernetes.enabled": ("auto", "true", "false"),
     "labels.level": ("container", "pod"),
+    "flows.level": ("workload", "pod"),
     "security.output.format": ("podsight", "falco", "ecs"),
 }
 # enum skb_drop_reason names, as the kernel's tracepoint format prints them.
@@ -254,7 +299,7 @@ def _describe(tp: object) -> str:
     if typing.get_origin(tp) is list:
         return "a list of strings"
     if typing.get_origin(tp) is dict:
-        return "a mapping of names to strings"
+        return "a mapping of names to lists of strings" if typing.get_args(tp)[1] != str else "a mapping of names to strings"
     return "a mapping"
 
 
@@ -302,13 +347,14 @@ class _Loader:
         if typing.get_origin(tp) is dict:
             if not isinstance(node, yaml.MappingNode):
                 self.fail(node, path, f"expected {expected}")
-            out: dict[str, str] = {}
+            out: dict[str, object] = {}
+            vtype = typing.get_args(tp)[1] if typing.get_args(tp) else str
             for knode, vnode in node.value:
                 if not isinstance(knode, yaml.ScalarNode) or knode.value == "":
                     self.fail(knode, path, "expected a non-empty name")
                 if knode.value in out:
                     self.fail(knode, f"{path}.{knode.value}", "key appears twice")
-                out[knode.value] = self.convert(str, vnode, f"{path}.{knode.value}")
+                out[knode.value] = self.convert(vtype, vnode, f"{path}.{knode.value}")
             return out
         if not isinstance(node, yaml.ScalarNode):
             self.fail(node, path, f"expected {expected}")
@@ -389,7 +435,43 @@ def _check(cfg: Config, where: dict[str, str]) -> None:
     for i, name in enumerate(cfg.labels.pod_labels):
         if not name or len(name) > 317:
             fail(f"labels.pod_labels[{i}]", f"expected a Kubernetes label key, got {name!r}")
+    _check_flows(cfg.flows, fail)
     _check_http(cfg.security.output.http, fail)
+
+
+def _check_flows(flows: Flows, fail) -> None:
+    if not 1 <= flows.max_peers_per_workload <= 10_000:
+        fail("flows.max_peers_per_workload", f"expected an integer from 1 to 10000, got {flows.max_peers_per_workload}")
+    if not 1024 <= flows.max_flows <= 1_048_576:
+        fail("flows.max_flows", f"expected an integer from 1024 to 1048576, got {flows.max_flows}")
+    if flows.peer_window < 10:
+        fail("flows.peer_window", f"expected at least 10s, got {flows.peer_window:g}s")
+    if flows.idle_timeout < 10:
+        fail("flows.idle_timeout", f"expected at least 10s, got {flows.idle_timeout:g}s")
+    if not 0 <= flows.external.top_ips <= 1000:
+        fail("flows.external.top_ips", f"expected an integer from 0 to 1000, got {flows.external.top_ips}")
+    for i, cidr in enumerate(flows.service_cidrs):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            fail(f"flows.service_cidrs[{i}]", f"expected a CIDR, got {cidr!r}")
+    names = set(flows.external.cidr_sets)
+    if not flows.external.default_set or not _SET_NAME.fullmatch(flows.external.default_set):
+        fail("flows.external.default_set", f"expected a name of letters, digits, '-' and '_', got {flows.external.default_set!r}")
+    for name, cidrs in flows.external.cidr_sets.items():
+        if not _SET_NAME.fullmatch(name):
+            fail(f"flows.external.cidr_sets.{name}", "expected a name of letters, digits, '-' and '_'")
+        for i, cidr in enumerate(cidrs):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                fail(f"flows.external.cidr_sets.{name}[{i}]", f"expected a CIDR, got {cidr!r}")
+    if flows.external.default_set in names:
+        fail("flows.external.default_set", f"{flows.external.default_set!r} is also a CIDR set's name")
+
+
+# A CIDR set's name: a label value people type in queries.
+_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 # RFC 9110 token: what a header name may be.

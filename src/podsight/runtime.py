@@ -56,9 +56,11 @@ class Runtime:
                                      Labeler(node, cfg.labels, self.pods), self.pods)
         self.security = self._security_pipeline() if cfg.security.enabled else None
         families = [f for f in COUNTER_FAMILIES if getattr(cfg.probes, f.name).enabled]
+        self.cluster = self.nat = None
+        flows = self._flow_pipeline() if cfg.flows.enabled and cfg.probes.tcp.enabled else None
         self.agent = Agent(self.identity, [f.probe() for f in families], cgroup_root=cgroup_root, cfg=cfg,
-                           security=self.security)
-        renderer = MetricsRenderer(self.identity.label_names, families)
+                           security=self.security, flows=flows)
+        renderer = MetricsRenderer(self.identity.label_names, families, flows.label_names if flows else ())
         host, port = parse_listen(cfg.listen)
         try:
             self.server = MetricsServer(host, port, lambda gzip: renderer.render(self.agent.snapshot(), gzip),
@@ -75,6 +77,28 @@ class Runtime:
             return PodWatcher(node, self.cfg.kubernetes.kubeconfig or None)
         except KubeConfigError as e:
             raise StartupError(f"kubernetes: {e}") from None
+
+    def _flow_pipeline(self):
+        """Peers are named from a cluster-wide watch (with Kubernetes) and
+        Service backends from the host's conntrack (flows.conntrack)."""
+        from .agent.flows import FlowPipeline
+        from .identity.peers import PeerNamer
+
+        if self.pods is not None:
+            from .identity.cluster import ClusterIndex
+            from .identity.kubeconfig import KubeConfigError
+
+            try:
+                self.cluster = ClusterIndex(self.cfg.kubernetes.kubeconfig or None, zone_label=self.cfg.flows.zone_label)
+            except KubeConfigError as e:
+                raise StartupError(f"kubernetes: {e}") from None
+        if self.cfg.flows.conntrack:
+            from .reader.conntrack import NatTable
+
+            self.nat = NatTable()
+        cluster = self.cluster
+        return FlowPipeline(self.cfg.flows, self.identity, PeerNamer(self.cfg.flows, cluster, self.nat, self.identity.node),
+                            zone=(cluster.zone if cluster is not None else (lambda _node: "")))
 
     def _security_pipeline(self):
         """Rules are read and compiled, and the output opened, before anything is attached."""
@@ -97,10 +121,22 @@ class Runtime:
         self.agent.start()
         if self.pods is not None:
             self.pods.start()
+        if self.cluster is not None:
+            self.cluster.start()
+        if self.nat is not None:
+            try:
+                self.nat.start()
+            except OSError as e:
+                # Service connections keep the Service's name, without a backend.
+                log.warning("flows: conntrack unavailable, Service backends are not named: %s", e)
         self.server.start()
 
     def stop(self) -> None:
         self.server.stop()
+        if self.nat is not None:
+            self.nat.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         if self.pods is not None:
             self.pods.stop()
         self.agent.stop()
@@ -108,6 +144,7 @@ class Runtime:
     def liveness(self) -> tuple[bool, str]:
         """Alive while every background thread keeps its promise of progress."""
         beats = self.agent.heartbeats() + ([self.pods.heartbeat] if self.pods is not None else [])
+        beats += [self.cluster.heartbeat] if self.cluster is not None else []
         stuck = late(beats)
         return (False, "stuck: " + "; ".join(stuck)) if stuck else (True, "ok")
 
@@ -120,4 +157,8 @@ class Runtime:
             notes.append(f"probes unavailable: {', '.join(down)}")
         if self.pods is not None and not (self.pods.api_up and self.pods.synced):
             notes.append("kubernetes API unreachable, exporting with cgroup-derived labels")
+        if self.cluster is not None and not (self.cluster.api_up and self.cluster.synced):
+            notes.append("cluster watch (flow peers) not synced: peers may show as external")
+        if self.nat is not None and not self.nat.up:
+            notes.append("conntrack unavailable: Service backends are not named")
         return True, ("degraded: " + "; ".join(notes)) if notes else "ready"

@@ -42,7 +42,7 @@ def test_machine_and_table(result):
     res, stdout = result
     m = res["machine"]
     assert m["kernel"] and m["cpu_count"] >= 1 and m["date"].startswith("20")
-    assert set(res["figures"]) == {"throughput", "churn", "tls", "kernel_cost", "scale", "events", "render"}
+    assert set(res["figures"]) == {"throughput", "churn", "tls", "kernel_cost", "scale", "events", "render", "flows"}
     assert res["errors"] == {}
     render = res["figures"]["render"]
     for share in ("changed_0pct", "changed_10pct", "changed_100pct"):

@@ -33,6 +33,17 @@ AGENT_METRICS = frozenset({
     "podsight_tls_handshakes_untracked_total",
     "podsight_tls_libraries_attached",
     "podsight_tls_library_processes",
+    "podsight_flow_bytes_total",
+    "podsight_flow_segments_total",
+    "podsight_flow_connections_opened_total",
+    "podsight_flow_connections_failed_total",
+    "podsight_flow_connections_closed_total",
+    "podsight_flow_retransmits_total",
+    "podsight_flow_edges",
+    "podsight_flow_peers_folded",
+    "podsight_flow_edges_expired_total",
+    "podsight_flow_untracked_total",
+    "podsight_flow_backends_unresolved_total",
     "podsight_security_events_total",
     "podsight_events_dropped_total",
     "podsight_bpf_program_runs_total",
@@ -47,7 +58,7 @@ AGENT_METRICS = frozenset({
     "process_cpu_seconds_total",
 })
 AGENT_HISTOGRAMS = ("podsight_tcp_srtt_seconds", "podsight_tcp_connect_duration_seconds",
-                    "podsight_tls_handshake_duration_seconds")
+                    "podsight_tls_handshake_duration_seconds", "podsight_flow_srtt_seconds")
 # Series Prometheus itself writes for every scrape target.
 PROMETHEUS_SCRAPE_METRICS = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped"})
 
@@ -67,6 +78,13 @@ OPTIONAL_POD_LABELS = frozenset({"image", "workload", "workload_kind"})
 # podsight_build_info to filter by node.
 TARGET_LABELS = frozenset({"job", "instance", "cluster"})
 _PODS = _POD | OPTIONAL_POD_LABELS
+# Flow series (issue 16): the local workload and its peer, always at
+# workload level (flows carry workload whatever labels.workload says);
+# flows.level: pod adds pod and peer_pod, flows.external.raw_ips peer_ip.
+_FLOW = frozenset({"node", "namespace", "workload", "workload_kind", "zone", "role", "port", "peer_kind",
+                   "peer_namespace", "peer_workload", "peer_workload_kind", "peer_zone", "peer_service"})
+OPTIONAL_FLOW_LABELS = frozenset({"pod", "peer_pod", "peer_ip"})
+_FLOWS = _FLOW | OPTIONAL_FLOW_LABELS
 METRIC_LABELS: dict[str, frozenset[str]] = {
     "podsight_network_bytes_total": _PODS | {"direction"},
     "podsight_network_packets_total": _PODS | {"direction"},
@@ -89,6 +107,19 @@ METRIC_LABELS: dict[str, frozenset[str]] = {
     "podsight_tls_libraries_attached": frozenset({"library", "node"}),
     # Pod processes only (the /proc scan looks in pod cgroups): never host_cgroup.
     "podsight_tls_library_processes": _PODS - {"host_cgroup"},
+    "podsight_flow_bytes_total": _FLOWS | {"direction"},
+    "podsight_flow_segments_total": _FLOWS | {"direction"},
+    "podsight_flow_connections_opened_total": _FLOWS,
+    "podsight_flow_connections_failed_total": _FLOWS,
+    "podsight_flow_connections_closed_total": _FLOWS,
+    "podsight_flow_retransmits_total": _FLOWS,
+    **{f"podsight_flow_srtt_seconds{suffix}": _FLOWS | ({"le"} if suffix == "_bucket" else set())
+       for suffix in ("_bucket", "_sum", "_count")},
+    "podsight_flow_edges": frozenset({"node"}),
+    "podsight_flow_peers_folded": frozenset({"node"}),
+    "podsight_flow_edges_expired_total": frozenset({"node"}),
+    "podsight_flow_untracked_total": _PODS,  # per workload, like the podsight_tcp_* it completes
+    "podsight_flow_backends_unresolved_total": frozenset({"node"}),
     # No pod label: one series per pod and rule would cost too much.
     "podsight_security_events_total": frozenset({"rule", "severity", "namespace", "node"}),
     "podsight_events_dropped_total": frozenset({"reason", "event", "node"}),
@@ -115,6 +146,14 @@ SOMETIMES_LABELS: dict[str, frozenset[str]] = {
     name: frozenset({"host_cgroup"}) for name in METRIC_LABELS
     if name.startswith(("podsight_tls_handshakes", "podsight_tls_handshake_duration_seconds"))
 }
+# Flow series: the opt-in labels, and labels that are empty (so absent in
+# Prometheus) unless the run has such a peer: peer_service without a
+# connection to a ClusterIP, zone and peer_zone without zone-labelled Nodes,
+# peer_namespace and peer_workload_kind with only external peers.
+SOMETIMES_LABELS.update({
+    name: OPTIONAL_FLOW_LABELS | {"peer_service", "zone", "peer_zone", "peer_namespace", "peer_workload_kind"}
+    for name in METRIC_LABELS if name.startswith("podsight_flow_") and "peer_kind" in METRIC_LABELS[name]
+})
 
 
 def catalog_metric_names() -> frozenset[str]:

@@ -17,10 +17,12 @@ EXPECTED_UIDS = {
     "podsight-security-events",
     "podsight-agent-health",
     "podsight-tls-handshakes",
+    "podsight-service-map",
 }
 # Values used to turn a dashboard expr into plain PromQL for promtool.
 CHECK_VARIABLES = {
-    "datasource": "prometheus", "cluster": ".*", "node": ".*", "namespace": ".*", "pod": ".*",
+    "datasource": "prometheus", "cluster": ".*", "node": ".*", "namespace": ".*", "pod": ".*", "workload": ".*",
+    "price_per_gb": "0.01",
     "__rate_interval": "1m", "__interval": "30s", "__range": "1h",
 }
 
@@ -56,9 +58,18 @@ def test_dashboard_is_portable(path: Path):
 def test_variables_datasource_cluster_node_then_namespace_pod(path: Path):
     dash = dt.load_dashboard(path)
     variables = dash.get("templating", {}).get("list", [])
+    # Free-text settings (the service map's price per GB) come last; they
+    # select no series.
+    settings = [v for v in variables if v.get("type") == "textbox"]
+    assert variables[len(variables) - len(settings):] == settings, f"{path.name}: textbox variables must come last"
+    for v in settings:
+        assert (v.get("query") or "").strip() and v.get("current", {}).get("value") == v["query"], \
+            f"{path.name}: variable {v.get('name')}: a textbox's current value is its default (query)"
+    variables = variables[:len(variables) - len(settings)]
     names = [v.get("name") for v in variables]
     assert names[:3] == ["datasource", "cluster", "node"], f"{path.name}: variables {names}"
-    assert names[3:] in ([], ["namespace"], ["namespace", "pod"]), f"{path.name}: variables {names}"
+    assert names[3:] in ([], ["namespace"], ["namespace", "pod"], ["namespace", "workload"]), \
+        f"{path.name}: variables {names}"
     ds = variables[0]
     assert ds["type"] == "datasource" and ds["query"] == "prometheus", f"{path.name}: datasource variable {ds}"
     for i, v in enumerate(variables[1:], start=1):
@@ -225,8 +236,10 @@ OPT_IN = {
     "security.enabled: true": lambda expr: bool(
         {"podsight_security_events_total", "podsight_events_dropped_total"} & dt.metric_names(expr)),
     # The raw series' workload label (the recording rules fall back to the pod).
+    # Flow series always carry workload (podsight_flow_*): not opt-in.
     "labels.workload: true": lambda expr: bool(re.search(r"by \([^)]*\bworkload\b", expr))
-    and any(n in dt.AGENT_METRICS or n.endswith(("_bucket", "_sum", "_count")) for n in dt.metric_names(expr)),
+    and any((n in dt.AGENT_METRICS or n.endswith(("_bucket", "_sum", "_count"))) and not n.startswith("podsight_flow_")
+            for n in dt.metric_names(expr)),
 }
 
 
@@ -251,7 +264,7 @@ def test_every_panel_is_a_described_timeseries_or_heatmap_with_unit(path: Path):
     assert len(ids) == len(set(ids)), f"{path.name}: duplicate panel ids {ids}"
     for p in panels:
         where = f"{path.name}: panel {p.get('id')} {p.get('title')!r}"
-        assert p.get("type") in ("timeseries", "heatmap"), f"{where}: type {p.get('type')!r}"
+        assert p.get("type") in ("timeseries", "heatmap", "table"), f"{where}: type {p.get('type')!r}"
         assert (p.get("description") or "").strip(), f"{where}: no description"
         unit = p.get("fieldConfig", {}).get("defaults", {}).get("unit")
         assert unit, f"{where}: no unit in fieldConfig.defaults"
@@ -331,6 +344,14 @@ def test_dashboards_cover_the_issue_panels():
             "namespace_workload:podsight_tls_library_processes:sum{", "== 0)",
             "podsight_tls_library_processes", "podsight_tls_libraries_attached", "by (node, library)",
             "podsight_tls_handshakes_untracked_total"],
+        # issue 16: edges (bytes, connects, failures, retransmits, p95 RTT),
+        # top talkers, cross-zone bytes and their cost, the series budget.
+        "podsight-service-map": [
+            'podsight_flow_bytes_total', 'direction="sent"', "podsight_flow_connections_opened_total",
+            "podsight_flow_connections_failed_total", "podsight_flow_retransmits_total",
+            "podsight_flow_segments_total", "histogram_quantile(0.95,", "podsight_flow_srtt_seconds_bucket",
+            "topk(10,", "by (zone, peer_zone)", 'zone!="", peer_zone!=""', "unless on (zone, peer_zone)",
+            "$price_per_gb", "podsight_flow_peers_folded", "podsight_flow_untracked_total"],
     }
     missing = [f"{uid}: {w}" for uid, ws in wanted.items() for w in ws if w not in by_uid.get(uid, "")]
     assert not missing, "\n".join(missing)

@@ -5,6 +5,15 @@ Plain bpf()/perf_event_open() syscalls through ctypes, with the smallest
 programs the verifier accepts (r0 = 1; exit), so it needs neither clang nor
 the project's objects. Prints one JSON object: operation → "ok" or errno name.
 Usage: bpf_caps_probe.py CGROUP_DIR TRACEFS_DIR OTHER_USERS_PID
+       bpf_caps_probe.py --conntrack   (the dump's result and the original
+                                        tuples it returned, as JSON)
+       bpf_caps_probe.py --setns-net PID   (setns() into /proc/PID/ns/net)
+
+The conntrack operations are flows' (config.flows.conntrack): a
+NETLINK_NETFILTER socket asks ctnetlink for a dump of this network
+namespace's conntrack table (IPCTNL_MSG_CT_GET, NLM_F_DUMP) and subscribes
+to its event groups; nfnetlink answers EPERM to both without CAP_NET_ADMIN
+in the user namespace that owns the network namespace.
 """
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ import errno
 import json
 import os
 import platform
+import socket
 import struct
 import sys
 
@@ -74,7 +84,105 @@ def uprobe_target() -> tuple[bytes, int]:
     raise RuntimeError("getpid() is in no mapping")
 
 
+# netlink / nfnetlink / ctnetlink (linux/netlink.h, linux/netfilter/nfnetlink*.h)
+NETLINK_NETFILTER = 12
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_GET = 1, 1
+NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY = 1, 3
+CTA_TUPLE_ORIG, CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 1, 2
+CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
+CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
+NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+
+
+def _attrs(buf: bytes) -> dict[int, bytes]:
+    out, off = {}, 0
+    while off + 4 <= len(buf):
+        length, typ = struct.unpack_from("=HH", buf, off)
+        if length < 4:
+            break
+        out[typ & NLA_TYPE_MASK] = buf[off + 4:off + length]
+        off += (length + 3) & ~3
+    return out
+
+
+def _orig_tuple(payload: bytes) -> list:
+    """[src, dst, proto, sport, dport] of a conntrack message's original direction."""
+    orig = _attrs(_attrs(payload[4:]).get(CTA_TUPLE_ORIG, b""))  # after the nfgenmsg
+    ip, proto = _attrs(orig.get(CTA_TUPLE_IP, b"")), _attrs(orig.get(CTA_TUPLE_PROTO, b""))
+    if CTA_IP_V4_SRC in ip:
+        src, dst = (socket.inet_ntop(socket.AF_INET, ip[k]) for k in (CTA_IP_V4_SRC, CTA_IP_V4_DST))
+    else:
+        src, dst = (socket.inet_ntop(socket.AF_INET6, ip[k]) for k in (CTA_IP_V6_SRC, CTA_IP_V6_DST))
+    port = lambda k: struct.unpack("!H", proto[k])[0] if k in proto else 0  # noqa: E731
+    return [src, dst, proto[CTA_PROTO_NUM][0], port(CTA_PROTO_SRC_PORT), port(CTA_PROTO_DST_PORT)]
+
+
+def conntrack_dump(family: int = socket.AF_INET) -> tuple[str, list]:
+    """Dump this network namespace's conntrack table: ("ok", tuples) or (errno name, [])."""
+    try:
+        return _conntrack_dump(family)
+    except OSError as e:  # socket() refused (a seccomp profile), say
+        return errno.errorcode.get(e.errno, str(e.errno)), []
+
+
+def _conntrack_dump(family: int) -> tuple[str, list]:
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as s:
+        s.bind((0, 0))
+        # nlmsghdr (len, type, flags, seq, pid) + nfgenmsg (family, version, res_id)
+        s.send(struct.pack("=IHHII", 20, NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET,
+                           NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + struct.pack("=BBH", family, 0, 0))
+        tuples = []
+        while True:
+            data, off = s.recv(1 << 16), 0
+            while off + 16 <= len(data):
+                length, typ = struct.unpack_from("=IH", data, off)
+                if typ == NLMSG_DONE:
+                    return "ok", tuples
+                if typ == NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", data, off + 16)[0]
+                    return ("ok" if err == 0 else errno.errorcode.get(err, str(err))), tuples
+                tuples.append(_orig_tuple(data[off + 16:off + length]))
+                off += (length + 3) & ~3
+
+
+def conntrack_subscribe() -> str:
+    """Join the conntrack new/destroy event groups, as an event-driven reader would."""
+    groups = 1 << (NFNLGRP_CONNTRACK_NEW - 1) | 1 << (NFNLGRP_CONNTRACK_DESTROY - 1)
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as s:
+            s.bind((0, groups))
+        return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def setns_netns(pid: str) -> str:
+    """The alternative to hostNetwork: enter a host process's network namespace
+    (/proc/<pid>/ns/net) from the pod's own."""
+    try:
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        return "open: " + errno.errorcode.get(e.errno, str(e.errno))
+    try:
+        ret = libc.setns(fd, CLONE_NEWNET)
+        return result(ret if ret >= 0 else -ctypes.get_errno())
+    finally:
+        os.close(fd)
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--conntrack"]:
+        res, tuples = conntrack_dump()
+        print(json.dumps({"conntrack_dump": res, "tuples": tuples}))
+        return
+    if sys.argv[1:2] == ["--setns-net"]:
+        print(json.dumps({"setns_host_netns": setns_netns(sys.argv[2])}))
+        return
     cgroup_dir, tracefs, other_pid = sys.argv[1], sys.argv[2], sys.argv[3]
     res = {}
     res["map_create_ringbuf"] = result(bpf(BPF_MAP_CREATE, struct.pack("<IIII", MAP_RINGBUF, 0, 0, 4096)))
@@ -124,6 +232,9 @@ def main() -> None:
             res[op] = errno.errorcode.get(e.errno, str(e.errno))
 
     res["enable_stats"] = result(bpf(BPF_ENABLE_STATS, struct.pack("<I", 0)))
+    # flows: Service backends from conntrack (a dump, and the event groups).
+    res["conntrack_dump"] = conntrack_dump()[0]
+    res["conntrack_events"] = conntrack_subscribe()
     print(json.dumps(res))
 
 

@@ -21,7 +21,7 @@ CASES = [None, *SCENARIOS]
 
 
 def test_required_scenarios_exist():
-    for name in ("minimal", "monitoring", "podmonitor", "security", "privileged", "hardened"):
+    for name in ("minimal", "monitoring", "podmonitor", "security", "privileged", "hardened", "flows"):
         assert f"{name}-values.yaml" in SCENARIOS
 
 

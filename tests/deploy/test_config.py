@@ -8,11 +8,12 @@ import typing
 import pytest
 import yaml
 
-from podsight.config import Config, ConfigError, load_config, parse_listen
+from podsight.config import Config, ConfigError, Flows, load_config, parse_listen
 from tests.deploy.chart import (
     CHART,
     SCENARIOS,
     agent_container,
+    chart_defaults,
     helm,
     one,
     render,
@@ -95,6 +96,63 @@ def test_the_validator_catches_a_bad_value_the_schema_cannot_see(tmp_path):
     path.write_text(rendered_config(objs))
     with pytest.raises(ConfigError, match=r"podsight.yaml.*security.ringbuf_size_kb.*power of two"):
         load_config(path, env={})
+
+
+def loaded(objs, tmp_path):
+    path = tmp_path / "podsight.yaml"
+    path.write_text(rendered_config(objs))
+    return load_config(path, env={})
+
+
+def test_chart_flows_defaults_are_the_agents(tmp_path):
+    """values.yaml spells out config.flows: exactly the agent's own defaults."""
+    assert loaded(render_scenario(None), tmp_path).flows == Flows()
+    assert chart_defaults()["config"]["flows"]["external"]["cidr_sets"] == Flows().external.cidr_sets
+
+
+def test_flows_scenario_is_what_the_agent_reads(tmp_path):
+    flows = loaded(render_scenario("flows-values.yaml"), tmp_path).flows
+    assert (flows.enabled, flows.level, flows.conntrack, flows.max_peers_per_workload) == (True, "pod", False, 10)
+    assert (flows.peer_window, flows.idle_timeout) == (120, 300)
+    assert flows.service_cidrs == ["10.96.0.0/12", "fd00:10:96::/112"]
+    # `private: null` removed the chart's default set (Helm's merge of maps).
+    assert flows.external.cidr_sets == {"corp": ["172.16.0.0/12", "100.64.0.0/10"],
+                                        "partners": ["203.0.113.0/24", "2001:db8::/32"]}
+    assert (flows.external.raw_ips, flows.external.top_ips) == (True, 5)
+
+
+@pytest.mark.parametrize("sets,where", [
+    (["config.flows.level=node"], "/config/flows/level"),
+    (["config.flows.enabled=yes"], "/config/flows/enabled"),
+    (["config.flows.conntrack=1"], "/config/flows/conntrack"),
+    (["config.flows.max_peers_per_workload=0"], "/config/flows/max_peers_per_workload"),
+    (["config.flows.max_peers_per_workload=10001"], "/config/flows/max_peers_per_workload"),
+    (["config.flows.max_flows=1023"], "/config/flows/max_flows"),
+    (["config.flows.max_flows=1048577"], "/config/flows/max_flows"),
+    (["config.flows.peer_window=5 minutes"], "/config/flows/peer_window"),
+    (["config.flows.idle_timeout=5"], "/config/flows/idle_timeout"),  # seconds: below 10
+    (["config.flows.zone_label="], "/config/flows/zone_label"),
+    (["config.flows.service_cidrs={10.96.0.0/12,kube-svc}"], "/config/flows/service_cidrs/1"),
+    (["config.flows.external.top_ips=1001"], "/config/flows/external/top_ips"),
+    (["config.flows.external.default_set=the internet"], "/config/flows/external/default_set"),
+    (["config.flows.external.cidr_sets.corp=10.0.0.0/8"], "/config/flows/external/cidr_sets/corp"),
+    (["config.flows.external.cidr_sets.a\\.b={10.0.0.0/8}"], "a.b"),
+    (["config.flows.peers=5"], "peers"),
+])
+def test_schema_rejects_bad_flows_values(sets, where):
+    out = helm("template", "x", str(CHART), *[a for s in sets for a in ("--set", s)], check=False)
+    assert out.returncode != 0 and where in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("sets", [
+    ["config.flows.max_peers_per_workload=1", "config.flows.max_flows=1024", "config.flows.external.top_ips=0"],
+    ["config.flows.max_peers_per_workload=10000", "config.flows.max_flows=1048576",
+     "config.flows.external.top_ips=1000"],
+    ["config.flows.peer_window=10s", "config.flows.idle_timeout=1h", "config.flows.level=pod"],
+])
+def test_flows_bounds_pass_schema_and_agent(sets, tmp_path):
+    """The schema's bounds are the agent's own (config._check_flows)."""
+    loaded(render(sets=sets), tmp_path)
 
 
 def _fields(cls) -> dict:

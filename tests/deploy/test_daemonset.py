@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from tests.deploy.chart import CHART, REPO, agent_container, helm, one, render, render_scenario
+from tests.deploy.chart import CHART, REPO, agent_container, helm, one, render, render_fails, render_scenario
 
 LEAST_PRIVILEGE_CAPS = ["BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE"]
 # The tls probe (on by default) reads other users' processes: ptrace read access.
@@ -44,6 +44,27 @@ def test_extra_capabilities_are_appended_once():
     assert sc["capabilities"]["add"] == [*DEFAULT_CAPS, "SYS_ADMIN"]
 
 
+def test_net_admin_for_conntrack_is_added_once_and_only_for_it():
+    """conntrack's netlink requests need CAP_NET_ADMIN (test_capabilities.py);
+    the base list has it for the cgroup_skb links, so the default is unchanged.
+    A list of the user's without it gets it while conntrack is on."""
+    def caps(*sets):
+        return agent_container(render(sets=list(sets)))["securityContext"]["capabilities"]["add"]
+
+    assert caps() == DEFAULT_CAPS
+    assert caps("config.flows.conntrack=false") == DEFAULT_CAPS  # still needed for cgroup_skb
+    assert caps("config.flows.enabled=false") == DEFAULT_CAPS
+    own = "securityContext.capabilities.add={BPF,PERFMON}"
+    assert caps(own) == ["BPF", "PERFMON", "SYS_PTRACE", "NET_ADMIN"]
+    assert caps(own, "extraCapabilities={NET_ADMIN,SYS_ADMIN}") == ["BPF", "PERFMON", "SYS_PTRACE", "NET_ADMIN",
+                                                                   "SYS_ADMIN"]
+    assert caps(own, "config.flows.conntrack=false") == ["BPF", "PERFMON", "SYS_PTRACE"]
+    assert caps(own, "config.flows.enabled=false") == ["BPF", "PERFMON", "SYS_PTRACE"]
+    assert caps(own, "config.probes.tcp.enabled=false") == ["BPF", "PERFMON", "SYS_PTRACE"]
+    # hostNetwork forced on with conntrack off adds no capability: the namespace alone.
+    assert caps(own, "config.flows.conntrack=false", "hostNetwork=true") == ["BPF", "PERFMON", "SYS_PTRACE"]
+
+
 def test_sys_ptrace_only_when_tls_or_security_reads_processes():
     """The tls probe opens libssl through /proc/<pid>/root, security events
     read /proc/<pid>/exe and cwd, of other users' processes: ptrace read access
@@ -76,14 +97,76 @@ def test_privileged_is_opt_in_and_replaces_the_capability_list():
     sc = agent_container(objs)["securityContext"]
     assert sc == {"privileged": True, "runAsUser": 0, **UNCONFINED}
     assert pod_spec(objs)["hostPID"] is True
+    # Privileged has every capability, not the node's network namespace: conntrack still asks for it.
+    assert pod_spec(objs)["hostNetwork"] is True
 
 
-def test_host_namespaces_are_not_shared_by_default():
-    spec = pod_spec(render_scenario(None))
-    assert spec["hostNetwork"] is False
-    assert spec["hostPID"] is False
-    assert spec["dnsPolicy"] == "ClusterFirst"
-    assert pod_spec(render(sets=["hostNetwork=true"]))["dnsPolicy"] == "ClusterFirstWithHostNet"
+def test_host_pid_is_not_shared_by_default():
+    assert pod_spec(render_scenario(None))["hostPID"] is False
+
+
+NO_CONNTRACK = "config.flows.conntrack=false"
+
+
+def host_network(objs) -> tuple[bool, str, list[dict]]:
+    spec = pod_spec(objs)
+    return spec["hostNetwork"], spec["dnsPolicy"], agent_container(objs)["ports"]
+
+
+PORT = {"name": "metrics", "containerPort": 9963, "protocol": "TCP"}
+ON_NODE = (True, "ClusterFirstWithHostNet", [{**PORT, "hostPort": 9963}])
+IN_POD = (False, "ClusterFirst", [PORT])
+
+
+@pytest.mark.parametrize("sets,expected", [
+    # flows and their conntrack are on by default: the node's conntrack table.
+    ([], ON_NODE),
+    ([NO_CONNTRACK], IN_POD),
+    (["config.flows.enabled=false"], IN_POD),
+    # Without the tcp probe there are no flows to name: no reason to share it.
+    (["config.probes.tcp.enabled=false"], IN_POD),
+    (["hostNetwork=auto"], ON_NODE),
+    (["hostNetwork=auto", NO_CONNTRACK], IN_POD),
+    # An explicit true stays true; false is taken when conntrack is off.
+    (["hostNetwork=true", NO_CONNTRACK], ON_NODE),
+    (["hostNetwork=true", "config.flows.enabled=false"], ON_NODE),
+    (["hostNetwork=false", NO_CONNTRACK], IN_POD),
+    (["hostNetwork=false", "config.flows.enabled=false"], IN_POD),
+    (["hostNetwork=false", "config.probes.tcp.enabled=false"], IN_POD),
+    (["service.port=9970"], (True, "ClusterFirstWithHostNet",
+                             [{**PORT, "containerPort": 9970, "hostPort": 9970}])),
+])
+def test_host_network_follows_conntrack(sets, expected):
+    """config.flows.conntrack reads the node's conntrack table (Service NAT
+    tuples), which only a socket in the node's network namespace sees
+    (test_capabilities.py measures it): hostNetwork auto turns on with it."""
+    assert host_network(render(sets=sets)) == expected
+
+
+def test_host_network_false_refuses_conntrack_with_the_way_out():
+    """Explicitly false while conntrack is on would read the pod's own, empty,
+    conntrack table: no backend, silently. The render fails and says what to set."""
+    err = render_fails(sets=["hostNetwork=false"])
+    assert "hostNetwork is false but config.flows.conntrack is on" in err
+    assert "config.flows.conntrack=false" in err and "hostNetwork=auto" in err
+    err = render_fails(sets=["hostNetwork=false", "config.flows.conntrack=true", "config.flows.enabled=true"])
+    assert "config.flows.conntrack" in err
+
+
+@pytest.mark.parametrize("value", ["yes", "on", "\"\""])
+def test_schema_rejects_an_unknown_host_network(value):
+    out = helm("template", "x", str(CHART), "--set", f"hostNetwork={value}", check=False)
+    assert out.returncode != 0 and "hostNetwork" in out.stderr, out.stderr
+
+
+def test_dns_policy_follows_the_pods_host_network_unless_set():
+    assert pod_spec(render(sets=["dnsPolicy=Default"]))["dnsPolicy"] == "Default"
+    assert pod_spec(render(sets=["dnsPolicy=ClusterFirst", NO_CONNTRACK]))["dnsPolicy"] == "ClusterFirst"
+
+
+def test_minimal_scenario_keeps_the_pod_network():
+    """tcp probe off: no flows, so no conntrack and no hostNetwork."""
+    assert host_network(render_scenario("minimal-values.yaml")) == IN_POD
 
 
 def host_mounts(objs) -> dict[str, tuple[str, bool, str | None]]:
@@ -240,7 +323,8 @@ def test_resources_have_requests_and_a_memory_limit():
 
 def test_metrics_port_and_probes():
     c = agent_container(render_scenario(None))
-    assert c["ports"] == [{"name": "metrics", "containerPort": 9963, "protocol": "TCP"}]
+    # hostNetwork by default (conntrack): the port is the node's as well.
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9963, "hostPort": 9963, "protocol": "TCP"}]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
 
@@ -257,10 +341,29 @@ def test_headless_service_names_the_metrics_port():
     assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9963, "targetPort": "metrics", "protocol": "TCP"}]
 
 
-def test_rbac_grants_only_get_list_watch_on_pods():
+READ = ["get", "list", "watch"]
+
+
+@pytest.mark.parametrize("sets,resources", [
+    # flows (on by default) name peer addresses: every pod, services, nodes.
+    ([], ["pods", "services", "nodes"]),
+    (["config.flows.conntrack=false"], ["pods", "services", "nodes"]),
+    (["config.flows.enabled=true"], ["pods", "services", "nodes"]),
+    # Off: the pods of the agent's own node only.
+    (["config.flows.enabled=false"], ["pods"]),
+    # Flows do not run without the tcp probe, their source.
+    (["config.probes.tcp.enabled=false"], ["pods"]),
+    (["config.probes.tcp.enabled=false", "config.flows.enabled=true"], ["pods"]),
+])
+def test_rbac_rules_are_read_only_and_follow_flows(sets, resources):
+    role = one(render(sets=sets), "ClusterRole")
+    assert role["rules"] == [{"apiGroups": [""], "resources": resources, "verbs": READ}]
+
+
+def test_rbac_grants_only_get_list_watch():
     objs = render_scenario(None)
     role = one(objs, "ClusterRole")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods", "services", "nodes"], "verbs": READ}]
     binding = one(objs, "ClusterRoleBinding")
     sa = one(objs, "ServiceAccount")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
@@ -269,9 +372,13 @@ def test_rbac_grants_only_get_list_watch_on_pods():
                                     "namespace": "podsight"}]
     assert pod_spec(objs)["serviceAccountName"] == sa["metadata"]["name"]
     # No other RBAC object anywhere.
-    for scenario in (None, "monitoring-values.yaml", "security-values.yaml", "privileged-values.yaml"):
+    for scenario in (None, "monitoring-values.yaml", "security-values.yaml", "privileged-values.yaml",
+                     "flows-values.yaml"):
         kinds = [o["kind"] for o in render_scenario(scenario)]
         assert kinds.count("ClusterRole") == 1 and "Role" not in kinds and "RoleBinding" not in kinds
+        (rule,) = one(render_scenario(scenario), "ClusterRole")["rules"]
+        assert rule["apiGroups"] == [""] and rule["verbs"] == READ
+        assert set(rule["resources"]) <= {"pods", "services", "nodes"}
 
 
 def test_minimal_scenario_has_no_rbac_and_no_token():

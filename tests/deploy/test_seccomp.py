@@ -84,6 +84,8 @@ def probe(profile: Path, caps: list[str], cgroup_dir: Path, other_pid: int) -> d
 
 
 def test_shipped_profile_lets_the_chart_capabilities_do_the_agents_calls(cgroup_dir, other_user):
+    """CORE_OPS include flows' conntrack dump and event subscription: the
+    profile's socket() rule refuses AF_VSOCK only, so AF_NETLINK passes."""
     res = probe(PROFILE, chart_caps(render_scenario(None)), cgroup_dir, other_user)
     assert {op: res[op] for op in CORE_OPS} == {op: "ok" for op in CORE_OPS}
 

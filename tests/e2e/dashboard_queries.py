@@ -18,6 +18,9 @@ ALL_VARIABLES = {
     "node": ".*",
     "namespace": ".*",
     "pod": ".*",
+    "workload": ".*",
+    # The service map's price per GB (a textbox, not a query variable).
+    "price_per_gb": "0.01",
     "__rate_interval": prom_stack.RATE_INTERVAL,
     "__interval": f"{prom_stack.SCRAPE_INTERVAL_S}s",
     "__range": "5m",

@@ -22,7 +22,7 @@ import pytest
 import dashboard_queries
 import prom_tools
 from tests.support.agent import AgentProcess
-from tests.support.apiserver import PodApiServer, make_pod, start_container, write_kubeconfig
+from tests.support.apiserver import PodApiServer, make_node, make_pod, start_container, write_kubeconfig
 from tests.support.pods import sh
 from tests.support.traffic import NETPROG, PYTHON
 
@@ -33,7 +33,8 @@ NODE = "node-a"
 NAMESPACE = "dash-e2e"
 CLIENT_POD = "client-5d8f7c9b4-x2x7q"
 # Values each dashboard variable must list, and the panels must show data for.
-DASHBOARD_CHOICES = {"node": [NODE], "namespace": [NAMESPACE], "pod": [CLIENT_POD, "server-0"]}
+DASHBOARD_CHOICES = {"node": [NODE], "namespace": [NAMESPACE], "pod": [CLIENT_POD, "server-0"],
+                     "workload": ["client", "server"]}
 # Ports inside the simulated pods' own network namespaces.
 DOWNLOAD_PORT, ECHO_PORT, CLOSED_PORT, TLS_PORT = 8091, 8092, 8093, 8443
 TLSPROG = str(Path(__file__).resolve().parents[1] / "support" / "tlsprog.py")
@@ -168,11 +169,18 @@ def _generate_activity(client, server, tls_cert, tls_server) -> None:
 
 def test_dashboards_show_data_and_alerts_reach_receivers(tmp_path, node, webhook, alertmanager,
                                                          start_prometheus, e2e_rules, tls_cert):
-    client, server = node.pod("dashc"), node.pod("dashs")
+    client, server, remote = node.pod("dashc"), node.pod("dashs"), node.pod("dashr")
     with PodApiServer() as api:
         _register(api, client, CLIENT_POD, ("ReplicaSet", "client-5d8f7c9b4"),
                   labels={"pod-template-hash": "5d8f7c9b4"})
         _register(api, server, "server-0", ("StatefulSet", "server"))
+        # Zones for the service map's cross-zone panels: a peer of another
+        # node (its netns is here, its pod object says node-b in zone-b).
+        api.add_node(make_node(NODE, ["192.0.2.1"], zone="zone-a"))
+        api.add_node(make_node("node-b", ["192.0.2.2"], zone="zone-b"))
+        api.add_pod(make_pod("cache-0", namespace=NAMESPACE, node="node-b", owner=("StatefulSet", "cache"),
+                             ips=[remote.ip]))
+        _serve(remote, ECHO_PORT)
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url)
         config = AGENT_CONFIG.format(rules=CRITICAL_SHELL_RULE)
         with AgentProcess("--node-name", NODE, "--kubeconfig", str(kubeconfig), config=config) as agent:
@@ -180,8 +188,12 @@ def test_dashboards_show_data_and_alerts_reach_receivers(tmp_path, node, webhook
             start = time.time()
             assert prom.wait_for('up{job="podsight"} == 1', timeout=20), \
                 f"Prometheus cannot scrape the agent at {agent.url}"
+            assert _netprog(client, "connect", remote.ip, str(ECHO_PORT), "2") == "2"
             tls_server = _warm_up(prom, client, server, tls_cert)
+            assert prom.wait_for(f'podsight_flow_connections_opened_total{{namespace="{NAMESPACE}", '
+                                 'peer_workload="cache", peer_zone="zone-b"}', 30), "no cross-zone edge"
             _generate_activity(client, server, tls_cert, tls_server)
+            assert _netprog(client, "connect", remote.ip, str(ECHO_PORT), "20") == "20"
 
             # The issue: `promtool check metrics` on a real scrape, taken after
             # the activity so pod series, histograms and events are in it.

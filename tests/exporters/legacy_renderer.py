@@ -130,6 +130,10 @@ class MetricsRenderer:
         w.samples("podsight_tcp_retransmits_total", ((ls, v[rt]) for ls, v in rows))
         directional("podsight_tcp_resets", "TCP resets sent or received on the workload's sockets.",
                     rs, rr, "sent", "received")
+        w.family("podsight_flow_untracked", "counter",
+                 "With flows on: connection events (opens, closes, failures, retransmits, samples) no edge could hold "
+                 "(tcp_flows full); podsight_tcp_* still count them.")
+        w.samples("podsight_flow_untracked_total", ((ls, v[_T["flow_untracked"]]) for ls, v in rows))
 
     def _histograms(self, w: Writer, data) -> None:
         by_kind: dict[str, list] = {kind: [] for kind in _HISTOGRAMS}

@@ -45,7 +45,7 @@ def hist(rng: random.Random) -> list[int]:
 def snapshot(labelsets, rng: random.Random, **extra) -> Snapshot:
     series = {
         "network_traffic": {ls: [rng.randrange(10**12) for _ in range(4)] for ls in labelsets},
-        "tcp_stats": {ls: [rng.randrange(50) for _ in range(8)] for ls in labelsets},
+        "tcp_stats": {ls: [rng.randrange(50) for _ in range(9)] for ls in labelsets},
         "tcp_histograms": {ls + (kind,): hist(rng) for ls in labelsets for kind in (HIST_SRTT, HIST_CONNECT)},
         "network_drops": {ls + (reason,): [rng.randrange(1, 9)] for ls in labelsets[:3] for reason in (2, 77, 91)},
         "tls_stats": {ls + (role,): [rng.randrange(50) for _ in range(3)] for ls in labelsets[:4] for role in (1, 2, 7)},
@@ -113,7 +113,7 @@ def test_values_read_where_the_declarations_say():
     """Independent of the legacy oracle: a few values checked by name."""
     snap = Snapshot(node="n", label_names=NAMES, series={
         "network_traffic": {HOST: [1, 2, 3, 4]},
-        "tcp_stats": {HOST: [10, 20, 1, 2, 25, 7, 8, 9]},
+        "tcp_stats": {HOST: [10, 20, 1, 2, 25, 7, 8, 9, 0]},
         "tcp_histograms": {HOST + (HIST_CONNECT,): [0] * 10 + [3] + [0] * 21 + [1500]},
         "network_drops": {HOST + (5,): [4], HOST + (6,): [1]}}, key_names={"network_drops": {5: "TCP_CSUM"}})
     _, s = parse(page(renderer(), snap))

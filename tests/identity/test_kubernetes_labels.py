@@ -171,7 +171,12 @@ def test_api_outage_keeps_metrics_and_recovers(node, api):
                            s.value("podsight_network_bytes_total", pod="created-during-outage") > 0, timeout=40,
                            what="the API back up and the pod created during the outage labelled")
         assert s.value("podsight_network_bytes_total", pod="created-during-outage", direction="egress") >= 50_000
-        assert agent.get("/readyz") == (200, "ready\n")
+        # Ready again once every watch is back: the pod watch, and the
+        # cluster-wide one naming flow peers (its own backoff may end later).
+        deadline = time.monotonic() + 30
+        while agent.get("/readyz") != (200, "ready\n"):
+            assert time.monotonic() < deadline, f"/readyz never ready again: {agent.get('/readyz')}"
+            time.sleep(0.2)
 
 
 _CHURN = r"""

@@ -9,8 +9,8 @@ Localhost seccomp profile (files/seccomp/podsight.json); under the
 runtime's default seccomp profile the agent comes up degraded (/readyz 200,
 /readyz?strict 503).
 
-Networks: the agent pod's own (``--network none``: the chart sets no
-hostNetwork) reached through its netns; never podman's bridge. Storage: the
+Networks: the agent pod's (the chart's default hostNetwork, ``--network host``,
+for the flows' conntrack) reached through its netns; never podman's bridge. Storage: the
 dedicated root of scripts/podman-test-env.sh. Containers are removed, and
 the workload's cgroups with them, even when a test fails."""
 from __future__ import annotations

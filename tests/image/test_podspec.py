@@ -33,7 +33,8 @@ def test_chart_default_pod_spec():
     assert pairs(a, "--cap-add") == ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_RESOURCE", "CAP_SYS_PTRACE"]
     assert "--read-only" in a and "--privileged" not in a
     assert set(pairs(a, "--security-opt")) == {"no-new-privileges", "seccomp=unconfined", "apparmor=unconfined"}
-    assert pairs(a, "--network") == ["none"] and "--pid" not in a  # no hostNetwork, no hostPID
+    # hostNetwork: flows read the node's conntrack (deploy/README.md, "Flows"); no hostPID.
+    assert pairs(a, "--network") == ["host"] and "--pid" not in a
     assert set(pairs(a, "--volume")) == {
         "/cm/podsight.yaml:/etc/podsight/podsight.yaml:ro",
         "/sys/kernel/tracing:/sys/kernel/tracing:ro,rbind",
@@ -44,7 +45,7 @@ def test_chart_default_pod_spec():
     assert pairs(a, "--memory") == [str(512 * 2**20)]
     assert pairs(a, "--stop-timeout") == ["30"]
     assert metrics_port(template()) == 9963
-    assert "--publish" not in a  # nothing to publish on network none
+    assert "--publish" not in a  # the host's network: the port is the node's already
 
 
 def test_seccomp_choices(tmp_path):

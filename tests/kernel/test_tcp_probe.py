@@ -387,11 +387,18 @@ def _map_id(fd: int) -> int:
 
 
 def srtt_cgroups(probe) -> set[int]:
-    """Cgroups with an RTT histogram in the probe's kernel map."""
-    from podsight.kernel.layouts import HIST_SRTT, HistKey
+    """Cgroups with an RTT sample in the probe's kernel maps: per cgroup, or
+    (flows on) on one of their edges."""
+    from podsight.kernel.layouts import HIST_SRTT, FlowCounters, FlowKey, HistKey
 
     keys = (HistKey.from_buffer_copy(k) for k in probe.obj.maps["tcp_histograms"].keys())
-    return {k.cgroup_id for k in keys if k.kind == HIST_SRTT}
+    out = {k.cgroup_id for k in keys if k.kind == HIST_SRTT}
+    flows = probe.obj.maps["tcp_flows"]
+    for k in flows.keys():
+        v = flows.lookup(k)
+        if v is not None and any(FlowCounters.from_buffer_copy(v[0]).srtt.slots):
+            out.add(FlowKey.from_buffer_copy(k).cgroup_id)
+    return out
 
 
 def test_the_sampler_counts_the_tracked_connections(node):

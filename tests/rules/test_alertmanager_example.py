@@ -20,6 +20,8 @@ def test_amtool_accepts_the_example():
     ({"alertname": "PodsightTCPConnectErrorBudgetBurnFast", "category": "slo", "severity": "critical"}, "slo-pager"),
     ({"alertname": "PodsightTCPConnectErrorBudgetBurnSlow", "category": "slo", "severity": "warning"}, "platform-tickets"),
     ({"alertname": "PodsightTCPRetransmitRatioHigh", "category": "tcp", "severity": "warning"}, "platform-tickets"),
+    ({"alertname": "PodsightFlowConnectFailureRatioHigh", "category": "tcp", "severity": "warning"}, "platform-tickets"),
+    ({"alertname": "PodsightCrossZonePacketLoss", "category": "network", "severity": "warning"}, "platform-tickets"),
     ({"alertname": "PodsightTLSHandshakeFailureRatioHigh", "category": "tls", "severity": "warning"}, "platform-tickets"),
     ({"alertname": "PodsightTLSHandshakeLatencyRegression", "category": "tls", "severity": "warning"}, "platform-tickets"),
     ({"alertname": "PodsightTargetAbsent", "category": "agent", "severity": "critical"}, "platform-tickets"),

@@ -26,6 +26,8 @@ REQUIRED_ALERTS = {
     "PodsightBPFMapNearlyFull", "PodsightEventsThrottled",
     # issue 17
     "PodsightTLSHandshakeFailureRatioHigh", "PodsightTLSHandshakeLatencyRegression",
+    # issue 16
+    "PodsightFlowConnectFailureRatioHigh", "PodsightFlowRetransmitRatioHigh", "PodsightCrossZonePacketLoss",
 }
 # The `category` routing label of every alert (docs/alertmanager.example.yml).
 CATEGORIES = ("slo", "tcp", "tls", "network", "security", "agent")

@@ -1,17 +1,26 @@
-"""A test server that speaks the Kubernetes pod list/watch HTTP protocol.
+"""A test server that speaks the Kubernetes list/watch HTTP protocol for
+pods, services and nodes.
 
 This is NOT a Kubernetes API server.  It is a small threaded HTTP/1.1 server
-(127.0.0.1, ephemeral port) that keeps pods in memory and answers the few
-requests podsight's Kubernetes client makes, with the wire format of the real
-API:
+(127.0.0.1, ephemeral port) that keeps pods, services and nodes in memory and
+answers the few requests podsight's Kubernetes clients make, with the wire
+format of the real API:
 
 - ``GET /api/v1/pods?fieldSelector=spec.nodeName=X``: a ``PodList`` with
-  ``metadata.resourceVersion``;
-- ``GET /api/v1/pods?watch=true&resourceVersion=N&allowWatchBookmarks=true``:
+  ``metadata.resourceVersion``; ``/api/v1/services`` and ``/api/v1/nodes``
+  likewise (``ServiceList``, ``NodeList``; no field selector);
+- ``limit=N`` pages a list: ``metadata.continue`` names the rest of the same
+  snapshot (``remainingItemCount`` too), ``continue=<token>`` fetches it; a
+  token older than the compaction point (or after ``expire_continues()``, or
+  any while ``continues_expire`` is set) is ``410 Gone``, as from a real
+  apiserver whose etcd compacted;
+- ``GET /api/v1/<resource>?watch=true&resourceVersion=N&allowWatchBookmarks=true``:
   a chunked stream of JSON lines ``{"type": ADDED|MODIFIED|DELETED|BOOKMARK|ERROR,
-  "object": ...}`` replaying history after N, then live changes; objects that
-  start or stop matching the field selector arrive as ADDED / DELETED, as
-  they do from a real API server; BOOKMARK only when the client asked for it;
+  "object": ...}`` replaying that resource's history after N, then live
+  changes; pods that start or stop matching the field selector arrive as
+  ADDED / DELETED, as they do from a real API server; BOOKMARK only when the
+  client asked for it;
+- one resourceVersion sequence for all three resources, as in etcd;
 - ``410 Gone`` when N is older than the compaction point a test sets, either
   as an HTTP 410 ``Status`` or as a 200 stream with one ``ERROR`` event whose
   ``Status`` has ``code: 410`` (the form a real apiserver's watch cache uses);
@@ -20,7 +29,8 @@ API:
 - plain HTTP, or HTTPS with a throwaway self-signed certificate
   (``make_tls_files``, needs the ``openssl`` command).
 
-Test controls: add / modify / delete pods, send bookmarks, compact history,
+Test controls: add / modify / delete pods, services and nodes, send bookmarks, compact history,
+deny a kind of request (403, as a missing RBAC verb),
 end or expire open watches, stop and start again on the SAME port, inject a
 delay, count requests by kind and record every watch request's parameters.
 Its purpose is to drive the real client library over real HTTP, so the
@@ -51,7 +61,9 @@ import yaml
 
 __all__ = [
     "PodApiServer",
+    "make_node",
     "make_pod",
+    "make_service",
     "start_container",
     "write_kubeconfig",
     "make_tls_files",
@@ -62,6 +74,15 @@ DEFAULT_TOKEN = "podsight-test-token"
 
 _END = object()  # queue sentinel: end the stream cleanly (like timeoutSeconds)
 _EXPIRE = object()  # queue sentinel: send ERROR 410, then end
+
+# Served resources: path under /api/v1 → (object kind, list kind, prefix of
+# the request kinds counted and delayed: "list"/"watch" for pods as before,
+# "service-list", "node-watch", ...).
+_RESOURCES = {
+    "pods": ("Pod", "PodList", ""),
+    "services": ("Service", "ServiceList", "service-"),
+    "nodes": ("Node", "NodeList", "node-"),
+}
 
 
 def _status(code: int, reason: str, message: str) -> dict:
@@ -86,20 +107,29 @@ def make_pod(
     owner: tuple[str, str] | None = None,
     containers: Iterable[tuple[str, str]] = (("app", "registry.example/app:1.0"),),
     init_containers: Iterable[tuple[str, str]] = (),
+    ips: Iterable[str] = (),
+    host_network: bool = False,
+    phase: str | None = None,
+    created: str = "2026-01-01T00:00:00Z",
 ) -> dict:
     """A v1 Pod as the API returns it, not yet started (no container IDs).
 
     ``owner`` is ``(kind, name)`` of the controlling owner reference;
-    ``containers`` are ``(name, image)`` pairs.
+    ``containers`` are ``(name, image)`` pairs; ``ips`` become
+    ``status.podIPs`` (the first also ``status.podIP``); ``host_network``
+    sets ``spec.hostNetwork``; ``phase`` overrides ``status.phase``
+    (``Pending``, or ``Running`` once ``start_container`` ran);
+    ``created`` is ``metadata.creationTimestamp``.
     """
     containers = list(containers)
     init_containers = list(init_containers)
+    ips = list(ips)
     meta: dict = {
         "name": name,
         "namespace": namespace,
         "uid": uid or str(uuid.uuid4()),
         "labels": dict(labels or {}),
-        "creationTimestamp": "2026-01-01T00:00:00Z",
+        "creationTimestamp": created,
     }
     if owner is not None:
         kind, owner_name = owner
@@ -120,15 +150,99 @@ def make_pod(
         "metadata": meta,
         "spec": {
             "nodeName": node,
+            **({"hostNetwork": True} if host_network else {}),
             "containers": [{"name": c, "image": i} for c, i in containers],
             **({"initContainers": [{"name": c, "image": i} for c, i in init_containers]}
                if init_containers else {}),
         },
         "status": {
-            "phase": "Pending",
+            "phase": phase or "Pending",
+            **({"podIP": ips[0], "podIPs": [{"ip": ip} for ip in ips]} if ips else {}),
             "containerStatuses": [waiting(c, i) for c, i in containers],
             **({"initContainerStatuses": [waiting(c, i) for c, i in init_containers]}
                if init_containers else {}),
+        },
+    }
+
+
+def make_service(
+    name: str,
+    namespace: str = "default",
+    cluster_ips: Iterable[str] = (),
+    ports: Iterable[int | tuple[int, str]] = (80,),
+    *,
+    uid: str | None = None,
+    external_name: str | None = None,
+    selector: Mapping[str, str] | None = None,
+) -> dict:
+    """A v1 Service as the API returns it.
+
+    ``cluster_ips`` become ``spec.clusterIPs`` (the first also
+    ``spec.clusterIP``); ``["None"]`` is a headless service.  ``ports`` are
+    port numbers or ``(port, protocol)`` pairs.  With ``external_name`` the
+    service is of type ExternalName and has no cluster IP.
+    """
+    cluster_ips = list(cluster_ips)
+    port_specs = []
+    for p in ports:
+        port, proto = p if isinstance(p, tuple) else (p, "TCP")
+        port_specs.append({"name": f"{proto.lower()}-{port}", "protocol": proto, "port": port,
+                           "targetPort": port})
+    spec: dict = {"selector": dict(selector if selector is not None else {"app": name}),
+                  "ports": port_specs, "sessionAffinity": "None"}
+    if external_name is not None:
+        spec.update(type="ExternalName", externalName=external_name)
+    else:
+        spec["type"] = "ClusterIP"
+        if cluster_ips:
+            spec.update(clusterIP=cluster_ips[0], clusterIPs=cluster_ips,
+                        ipFamilies=["IPv6" if ":" in ip else "IPv4" for ip in cluster_ips if ip != "None"],
+                        ipFamilyPolicy="SingleStack" if len(cluster_ips) == 1 else "PreferDualStack")
+    return {
+        "kind": "Service",
+        "apiVersion": "v1",
+        "metadata": {"name": name, "namespace": namespace, "uid": uid or str(uuid.uuid4()),
+                     "labels": {"app": name}, "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": spec,
+        "status": {"loadBalancer": {}},
+    }
+
+
+def make_node(
+    name: str,
+    addresses: Iterable[str | tuple[str, str]] = (),
+    zone: str | None = None,
+    *,
+    uid: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    zone_label: str = "topology.kubernetes.io/zone",
+) -> dict:
+    """A v1 Node as the API returns it.
+
+    ``addresses`` are IPs (type ``InternalIP``) or ``(type, address)`` pairs
+    (``ExternalIP``, ``InternalIP``, ...); a ``Hostname`` address with the
+    node's name is always added, as the kubelet does.  ``zone`` is set as the
+    ``zone_label`` label.
+    """
+    node_labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                   "kubernetes.io/arch": "amd64", **(labels or {})}
+    if zone is not None:
+        node_labels[zone_label] = zone
+    addrs = [{"type": a[0], "address": a[1]} if isinstance(a, tuple) else {"type": "InternalIP", "address": a}
+             for a in addresses]
+    addrs.append({"type": "Hostname", "address": name})
+    return {
+        "kind": "Node",
+        "apiVersion": "v1",
+        "metadata": {"name": name, "uid": uid or str(uuid.uuid4()), "labels": node_labels,
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"podCIDR": "10.244.0.0/24", "podCIDRs": ["10.244.0.0/24"]},
+        "status": {
+            "addresses": addrs,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "lastHeartbeatTime": "2026-01-01T00:00:00Z"}],
+            "nodeInfo": {"kubeletVersion": "v1.31.0", "containerRuntimeVersion": "containerd://1.7.0",
+                         "osImage": "Debian GNU/Linux 12 (bookworm)", "architecture": "amd64"},
         },
     }
 
@@ -230,8 +344,8 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.owner._track(self.connection, False)
 
-    def _send_json(self, code: int, body: dict) -> None:
-        data = json.dumps(body).encode()
+    def _send_json(self, code: int, body: dict | bytes) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -245,14 +359,22 @@ class _Handler(BaseHTTPRequestHandler):
         path = url.path.rstrip("/")
         watch = query.get("watch") in ("true", "1")
         kind = {"/version": "version", "/api": "api"}.get(path, "other")
-        if path == "/api/v1/pods":
-            kind = "watch" if watch else "list"
-        owner._count(kind, query)
+        resource = path.removeprefix("/api/v1/") if path.startswith("/api/v1/") else None
+        if resource in _RESOURCES:
+            kind = _RESOURCES[resource][2] + ("watch" if watch else "list")
+        else:
+            resource = None
+        owner._count(kind, query, resource)
         delay = owner._delay_for(kind)
         if delay:
             time.sleep(delay)
         if owner.token and self.headers.get("Authorization") != f"Bearer {owner.token}":
             self._send_json(401, _status(401, "Unauthorized", "Unauthorized"))
+            return
+        if owner._is_denied(kind):
+            verb = "watch" if watch else "list"
+            self._send_json(403, _status(403, "Forbidden", f'{resource} is forbidden: User "podsight" cannot '
+                                         f'{verb} resource "{resource}" in API group "" at the cluster scope'))
             return
         if kind == "version":
             self._send_json(200, {"major": "1", "minor": "31", "gitVersion": "v1.31.0-podsight-test",
@@ -260,16 +382,17 @@ class _Handler(BaseHTTPRequestHandler):
         elif kind == "api":
             self._send_json(200, {"kind": "APIVersions", "versions": ["v1"],
                                   "serverAddressByClientCIDRs": []})
-        elif kind in ("list", "watch"):
+        elif resource is not None:
             try:
-                node = _parse_field_selector(query.get("fieldSelector", ""))
+                node = _parse_field_selector(query.get("fieldSelector", ""), resource)
             except ValueError as e:
                 self._send_json(400, _status(400, "BadRequest", str(e)))
                 return
-            if kind == "list":
-                self._send_json(200, owner._pod_list(node))
+            if not watch:
+                code, body = owner._list(resource, node, query)
+                self._send_json(code, body)
             else:
-                self._watch(owner, node, query)
+                self._watch(owner, node, query, resource)
         else:
             self._send_json(404, _status(404, "NotFound", f"the server could not find {url.path}"))
 
@@ -298,15 +421,15 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             return True
 
-    def _watch(self, owner: "PodApiServer", node: str | None, query: dict) -> None:
+    def _watch(self, owner: "PodApiServer", node: str | None, query: dict, resource: str = "pods") -> None:
         bookmarks = query.get("allowWatchBookmarks") == "true"
         timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
-        sub = owner._subscribe(query.get("resourceVersion", ""), node)
+        sub = owner._subscribe(query.get("resourceVersion", ""), node, resource)
         if isinstance(sub, dict):  # a Status: too old (410) or a bad version (400)
             if owner.gone_mode == "status" or sub["code"] != 410:
                 self._send_json(sub["code"], sub)
                 return
-            backlog, q = [{"type": "ERROR", "object": sub}], None
+            backlog, q = [_json_line({"type": "ERROR", "object": sub})], None
         else:
             backlog, q = sub
         self.send_response(200)
@@ -315,8 +438,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         deadline = time.monotonic() + timeout if timeout else None
         try:
-            for ev in backlog:
-                self._write_chunk(json.dumps(ev).encode() + b"\n")
+            for line in backlog:
+                self._write_chunk(line)
             while q is not None:
                 wait = None if deadline is None else deadline - time.monotonic()
                 if wait is not None and wait <= 0:
@@ -331,14 +454,14 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 if item is _EXPIRE:
                     st = _status(410, "Expired", "too old resource version (watch expired by test)")
-                    self._write_chunk(json.dumps({"type": "ERROR", "object": st}).encode() + b"\n")
+                    self._write_chunk(_json_line({"type": "ERROR", "object": st}))
                     break
-                ev_type, obj = item
+                ev_type, entry = item
                 if ev_type == "BOOKMARK" and not bookmarks:
                     continue
-                ev = _filter_event(ev_type, obj, node)
-                if ev is not None:
-                    self._write_chunk(json.dumps(ev).encode() + b"\n")
+                line = _filter_event(ev_type, entry, node)
+                if line is not None:
+                    self._write_chunk(line)
             self._write_chunk(b"")  # chunked terminator: a clean end of the watch
         except OSError:
             pass  # client went away or the server is stopping
@@ -347,13 +470,14 @@ class _Handler(BaseHTTPRequestHandler):
                 owner._unsubscribe(q)
 
 
-def _parse_field_selector(selector: str) -> str | None:
+def _parse_field_selector(selector: str, resource: str = "pods") -> str | None:
     if not selector:
         return None
     key, sep, value = selector.partition("=")
-    if key == "spec.nodeName" and sep and not value.startswith("="):
+    if resource == "pods" and key == "spec.nodeName" and sep and not value.startswith("="):
         return value
-    raise ValueError(f"test server supports only fieldSelector=spec.nodeName=<node>, got {selector!r}")
+    raise ValueError(f"test server supports only fieldSelector=spec.nodeName=<node> on pods, "
+                     f"got {selector!r} on {resource}")
 
 
 def _node_of(obj: Mapping | None) -> str | None:
@@ -362,26 +486,37 @@ def _node_of(obj: Mapping | None) -> str | None:
     return (obj.get("spec") or {}).get("nodeName") or ""
 
 
-def _filter_event(ev_type: str, entry, node: str | None) -> dict | None:
-    """Apply the field selector the way the apiserver does for watches."""
+def _json_line(ev: dict) -> bytes:
+    return json.dumps(ev).encode() + b"\n"
+
+
+def _event_line(ev_type: str, raw: bytes) -> bytes:
+    """A watch event line around an object already serialised."""
+    return b'{"type": "%s", "object": %s}\n' % (ev_type.encode(), raw)
+
+
+def _filter_event(ev_type: str, entry, node: str | None) -> bytes | None:
+    """The event's line after the field selector, applied the way the apiserver
+    does for watches; ``entry`` is ``(object, previous, object's JSON)``, or a
+    BOOKMARK's object."""
     if ev_type == "BOOKMARK":
-        return {"type": "BOOKMARK", "object": entry}
-    obj, prev = entry
+        return _json_line({"type": "BOOKMARK", "object": entry})
+    obj, prev, raw = entry
     if node is None:
-        return {"type": ev_type, "object": obj}
+        return _event_line(ev_type, raw)
     now = _node_of(obj) == node
     before = _node_of(prev) == node if prev is not None else None
     if ev_type == "ADDED":
-        return {"type": "ADDED", "object": obj} if now else None
+        return _event_line("ADDED", raw) if now else None
     if ev_type == "DELETED":
-        return {"type": "DELETED", "object": obj} if now else None
+        return _event_line("DELETED", raw) if now else None
     # MODIFIED: entering or leaving the selection is ADDED / DELETED.
     if now and before:
-        return {"type": "MODIFIED", "object": obj}
+        return _event_line("MODIFIED", raw)
     if now:
-        return {"type": "ADDED", "object": obj}
+        return _event_line("ADDED", raw)
     if before:
-        return {"type": "DELETED", "object": obj}
+        return _event_line("DELETED", raw)
     return None
 
 
@@ -397,15 +532,27 @@ class PodApiServer:
         self.token = token
         self.gone_mode = gone_mode
         self._lock = threading.Lock()
-        self._pods: dict[str, dict] = {}
+        # Stored objects are never changed in place (a change stores a new
+        # copy) and are serialised once, when stored: lists and watch events
+        # send those bytes, so 10,000 pods are listed in a blink.
+        self._objects: dict[str, dict[str, dict]] = {r: {} for r in _RESOURCES}  # resource → uid → object
+        self._json: dict[str, dict[str, bytes]] = {r: {} for r in _RESOURCES}  # resource → uid → its JSON
+        self._pods = self._objects["pods"]
         self._rv = 1
         self._compacted = 0
-        self._log: list[tuple[int, str, tuple[dict, dict | None]]] = []
-        self._subs: set[queue.Queue] = set()
+        # (rv, resource, type, (object, previous, object's JSON))
+        self._log: list[tuple[int, str, str, tuple[dict, dict | None, bytes]]] = []
+        self._subs: dict[queue.Queue, str] = {}  # open watch → its resource
+        self._continues: dict[str, tuple[int, list[bytes]]] = {}  # token → (list rv, items still to serve)
+        self._continue_seq = 0
+        # True: every continue token answers 410 Gone, as if etcd compacted
+        # between any two pages (a client must then list in one response).
+        self.continues_expire = False
         self._conns: set[socket.socket] = set()
         self._counts: Counter[str] = Counter()
-        self._watch_params: list[dict[str, str]] = []
+        self._watch_params: list[tuple[str, dict[str, str]]] = []  # (resource, query)
         self._delays: dict[str | None, float] = {}
+        self._denied: set[str] = set()
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -464,73 +611,144 @@ class PodApiServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    # -- pods ----------------------------------------------------------
+    # -- objects -------------------------------------------------------
 
     @property
     def resource_version(self) -> int:
         with self._lock:
             return self._rv
 
-    def _record(self, ev_type: str, obj: dict, prev: dict | None) -> dict:
-        """Under the lock: bump the version, log the change, fan it out."""
+    def _record(self, ev_type: str, obj: dict, prev: dict | None, resource: str = "pods") -> dict:
+        """Under the lock: bump the version, store (or drop) the object, log
+        the change, fan it out."""
         self._rv += 1
         obj = copy.deepcopy(obj)
         obj["metadata"]["resourceVersion"] = str(self._rv)
-        entry = (obj, prev)
-        self._log.append((self._rv, ev_type, entry))
-        for q in self._subs:
-            q.put((ev_type, entry))
+        raw = json.dumps(obj).encode()
+        uid = obj["metadata"]["uid"]
+        if ev_type == "DELETED":
+            self._objects[resource].pop(uid, None)
+            self._json[resource].pop(uid, None)
+        else:
+            self._objects[resource][uid] = obj
+            self._json[resource][uid] = raw
+        entry = (obj, prev, raw)
+        self._log.append((self._rv, resource, ev_type, entry))
+        for q, res in self._subs.items():
+            if res == resource:
+                q.put((ev_type, entry))
         return obj
 
-    def add_pod(self, pod: dict) -> dict:
+    def _add(self, resource: str, obj: dict) -> dict:
         with self._lock:
-            uid = pod["metadata"]["uid"]
-            if uid in self._pods:
-                raise KeyError(f"pod uid {uid} already exists")
-            stored = self._record("ADDED", pod, None)
-            self._pods[uid] = stored
-            return copy.deepcopy(stored)
+            uid = obj["metadata"]["uid"]
+            if uid in self._objects[resource]:
+                raise KeyError(f"{resource} uid {uid} already exists")
+            return copy.deepcopy(self._record("ADDED", obj, None, resource))
+
+    def _modify(self, resource: str, uid: str, mutate: Callable[[dict], object]) -> dict:
+        with self._lock:
+            prev = self._objects[resource][uid]
+            new = copy.deepcopy(prev)
+            mutate(new)
+            return copy.deepcopy(self._record("MODIFIED", new, prev, resource))
+
+    def _delete(self, resource: str, uid: str) -> None:
+        with self._lock:
+            prev = self._objects[resource][uid]
+            self._record("DELETED", prev, prev, resource)
+
+    def add_pod(self, pod: dict) -> dict:
+        return self._add("pods", pod)
+
+    def add_pods(self, pods: Iterable[dict]) -> int:
+        """Add many pods at once (a fast path for thousands: no copies are
+        returned).  Returns the resourceVersion after the last one."""
+        with self._lock:
+            for pod in pods:
+                uid = pod["metadata"]["uid"]
+                if uid in self._pods:
+                    raise KeyError(f"pods uid {uid} already exists")
+                self._record("ADDED", pod, None, "pods")
+            return self._rv
 
     def modify_pod(self, uid: str, mutate: Callable[[dict], object]) -> dict:
         """Apply ``mutate`` to a copy of the stored pod and publish MODIFIED."""
-        with self._lock:
-            prev = self._pods[uid]
-            new = copy.deepcopy(prev)
-            mutate(new)
-            stored = self._record("MODIFIED", new, prev)
-            self._pods[uid] = stored
-            return copy.deepcopy(stored)
+        return self._modify("pods", uid, mutate)
 
     def delete_pod(self, uid: str) -> None:
+        self._delete("pods", uid)
+
+    def delete_pods(self, uids: Iterable[str]) -> int:
+        """Delete many pods at once; returns the resourceVersion after the last one."""
         with self._lock:
-            prev = self._pods.pop(uid)
-            self._record("DELETED", prev, prev)
+            for uid in uids:
+                prev = self._pods[uid]
+                self._record("DELETED", prev, prev, "pods")
+            return self._rv
 
     def pods(self) -> list[dict]:
         with self._lock:
             return copy.deepcopy(list(self._pods.values()))
 
+    def add_service(self, service: dict) -> dict:
+        return self._add("services", service)
+
+    def modify_service(self, uid: str, mutate: Callable[[dict], object]) -> dict:
+        """Apply ``mutate`` to a copy of the stored service and publish MODIFIED."""
+        return self._modify("services", uid, mutate)
+
+    def delete_service(self, uid: str) -> None:
+        self._delete("services", uid)
+
+    def services(self) -> list[dict]:
+        with self._lock:
+            return copy.deepcopy(list(self._objects["services"].values()))
+
+    def add_node(self, node: dict) -> dict:
+        return self._add("nodes", node)
+
+    def modify_node(self, uid: str, mutate: Callable[[dict], object]) -> dict:
+        """Apply ``mutate`` to a copy of the stored node and publish MODIFIED."""
+        return self._modify("nodes", uid, mutate)
+
+    def delete_node(self, uid: str) -> None:
+        self._delete("nodes", uid)
+
+    def nodes(self) -> list[dict]:
+        with self._lock:
+            return copy.deepcopy(list(self._objects["nodes"].values()))
+
     def bookmark(self) -> int:
         """Send a BOOKMARK at the current version to open watches that allow them."""
         with self._lock:
-            obj = {"kind": "Pod", "apiVersion": "v1",
-                   "metadata": {"resourceVersion": str(self._rv)}}
-            for q in self._subs:
+            for q, resource in self._subs.items():
+                obj = {"kind": _RESOURCES[resource][0], "apiVersion": "v1",
+                       "metadata": {"resourceVersion": str(self._rv)}}
                 q.put(("BOOKMARK", obj))
             return self._rv
 
     def advance(self, n: int = 1) -> int:
-        """Bump the version without a pod change (other objects changing in etcd)."""
+        """Bump the version without a change of ours (other objects changing in etcd)."""
         with self._lock:
             self._rv += n
             return self._rv
 
     def compact(self) -> int:
-        """Forget history: a watch from any older version now gets 410 Gone."""
+        """Forget history: a watch from any older version, or a list continued
+        from an older snapshot, now gets 410 Gone."""
         with self._lock:
             self._compacted = self._rv
             self._log = [e for e in self._log if e[0] > self._compacted]
+            self._continues = {t: c for t, c in self._continues.items() if c[0] >= self._compacted}
             return self._compacted
+
+    def expire_continues(self) -> int:
+        """Make every continue token handed out so far answer 410 Gone; returns how many."""
+        with self._lock:
+            n = len(self._continues)
+            self._continues.clear()
+            return n
 
     def end_watches(self) -> None:
         """End open watch streams cleanly, as a server-side timeout does."""
@@ -544,25 +762,42 @@ class PodApiServer:
             for q in self._subs:
                 q.put(_EXPIRE)
 
-    def open_watches(self) -> int:
+    def open_watches(self, resource: str | None = None) -> int:
+        """Open watch streams: of one resource ("pods", "services", "nodes") or all."""
         with self._lock:
-            return len(self._subs)
+            return sum(1 for r in self._subs.values() if resource is None or r == resource)
 
     # -- instrumentation ----------------------------------------------
 
     def set_delay(self, seconds: float, kind: str | None = None) -> None:
-        """Delay responses of one kind ("list", "watch", ...) or, with None, all."""
+        """Delay responses of one kind ("list", "watch" (pods), "service-list",
+        "node-watch", "version", ...) or, with None, all."""
         with self._lock:
             self._delays[kind] = seconds
 
+    def deny(self, kind: str) -> None:
+        """Answer requests of ``kind`` (as in set_delay) 403 Forbidden, as an
+        API server does when the RBAC lacks the verb."""
+        with self._lock:
+            self._denied.add(kind)
+
+    def allow(self, kind: str) -> None:
+        with self._lock:
+            self._denied.discard(kind)
+
+    def _is_denied(self, kind: str) -> bool:
+        with self._lock:
+            return kind in self._denied
+
     def requests(self, kind: str | None = None) -> int | Counter:
+        """Requests of one kind (as in set_delay) so far, or all as a Counter."""
         with self._lock:
             return self._counts[kind] if kind else Counter(self._counts)
 
-    def watch_requests(self) -> list[dict[str, str]]:
-        """Query parameters of every watch request so far, oldest first."""
+    def watch_requests(self, resource: str = "pods") -> list[dict[str, str]]:
+        """Query parameters of every watch request of ``resource`` so far, oldest first."""
         with self._lock:
-            return [dict(p) for p in self._watch_params]
+            return [dict(p) for r, p in self._watch_params if r == resource]
 
     # -- handler helpers ----------------------------------------------
 
@@ -570,31 +805,57 @@ class PodApiServer:
         with self._lock:
             (self._conns.add if add else self._conns.discard)(conn)
 
-    def _count(self, kind: str, query: dict) -> None:
+    def _count(self, kind: str, query: dict, resource: str | None = None) -> None:
         with self._lock:
             self._counts[kind] += 1
-            if kind == "watch":
-                self._watch_params.append(dict(query))
+            if resource is not None and query.get("watch") in ("true", "1"):
+                self._watch_params.append((resource, dict(query)))
 
     def _delay_for(self, kind: str) -> float:
         with self._lock:
             return self._delays.get(kind, self._delays.get(None, 0.0))
 
-    def _pod_list(self, node: str | None) -> dict:
+    def _list(self, resource: str, node: str | None, query: dict) -> tuple[int, dict | bytes]:
+        """(HTTP status, body) of a list request, paged when it has ``limit``."""
+        try:
+            limit = int(query.get("limit") or 0)
+        except ValueError:
+            return 400, _status(400, "BadRequest", f"invalid limit {query.get('limit')!r}")
+        token = query.get("continue") or ""
         with self._lock:
-            items = [copy.deepcopy(p) for p in self._pods.values()
-                     if node is None or _node_of(p) == node]
-            rv = self._rv
-        return {"kind": "PodList", "apiVersion": "v1",
-                "metadata": {"resourceVersion": str(rv)}, "items": items}
+            if token:
+                cont = None if self.continues_expire else self._continues.pop(token, None)
+                if cont is None:
+                    return 410, _status(410, "Expired", "The provided continue parameter is too old "
+                                        "to display a consistent list result. You can start a new list "
+                                        "without the continue parameter.")
+                rv, items = cont
+            else:
+                rv = self._rv
+                objs = [o for o in self._objects[resource].values() if node is None or _node_of(o) == node]
+                if limit > 0:  # pages of one snapshot, in key order as etcd serves them
+                    objs.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
+                raws = self._json[resource]
+                items = [raws[o["metadata"]["uid"]] for o in objs]
+            meta: dict = {"resourceVersion": str(rv)}
+            if limit > 0 and len(items) > limit:
+                items, rest = items[:limit], items[limit:]
+                self._continue_seq += 1
+                next_token = base64.urlsafe_b64encode(
+                    json.dumps({"rv": rv, "seq": self._continue_seq}).encode()).decode()
+                self._continues[next_token] = (rv, rest)
+                meta.update({"continue": next_token, "remainingItemCount": len(rest)})
+        head = {"kind": _RESOURCES[resource][1], "apiVersion": "v1", "metadata": meta}
+        return 200, json.dumps(head).encode()[:-1] + b', "items": [' + b", ".join(items) + b"]}"
 
-    def _subscribe(self, rv_param: str, node: str | None):
+    def _subscribe(self, rv_param: str, node: str | None, resource: str = "pods"):
         """Backlog and live queue for a watch from ``rv_param``, or a 410 Status."""
         with self._lock:
             if rv_param in ("", "0"):
                 # No version: the current state as synthetic ADDED, then changes.
-                backlog = [{"type": "ADDED", "object": copy.deepcopy(p)} for p in self._pods.values()
-                           if node is None or _node_of(p) == node]
+                raws = self._json[resource]
+                backlog = [_event_line("ADDED", raws[uid]) for uid, o in self._objects[resource].items()
+                           if node is None or _node_of(o) == node]
             else:
                 try:
                     since = int(rv_param)
@@ -604,15 +865,15 @@ class PodApiServer:
                     return _status(410, "Expired",
                                    f"too old resource version: {since} ({self._compacted})")
                 backlog = []
-                for rv, ev_type, entry in self._log:
-                    if rv > since:
-                        ev = _filter_event(ev_type, entry, node)
-                        if ev is not None:
-                            backlog.append(ev)
+                for rv, res, ev_type, entry in self._log:
+                    if rv > since and res == resource:
+                        line = _filter_event(ev_type, entry, node)
+                        if line is not None:
+                            backlog.append(line)
             q: queue.Queue = queue.Queue()
-            self._subs.add(q)
+            self._subs[q] = resource
             return backlog, q
 
     def _unsubscribe(self, q: queue.Queue) -> None:
         with self._lock:
-            self._subs.discard(q)
+            self._subs.pop(q, None)

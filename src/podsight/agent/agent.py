@@ -18,6 +18,7 @@ from ..kernel.families import COUNTER_FAMILIES
 from ..kernel.probes import Probe, ProgramStats
 from .bpf_stats import BpfStats
 from .counters import CounterSeries, Source
+from .flows import FlowPipeline
 from .security import SecurityPipeline
 
 __all__ = ["Agent"]
@@ -34,7 +35,7 @@ class Agent:
     SWEEP_SLACK = 60.0
 
     def __init__(self, identity: NodeIdentity, probes: list[Probe], *, cgroup_root: str, cfg,
-                 security: SecurityPipeline | None = None):
+                 security: SecurityPipeline | None = None, flows: FlowPipeline | None = None):
         self.cfg = cfg
         self.identity = identity
         self.cgroup_root = cgroup_root
@@ -42,10 +43,12 @@ class Agent:
         self.security = security
         if security is not None:
             self.probes[security.probe.name] = security.probe
+        # Flows need the tcp probe: its per-connection state holds the peer.
+        self.flows = flows if "tcp" in self.probes else None
         # The declared counter maps of the probes we run (podsight.kernel.families).
         self.counters = CounterSeries(identity, [
             Source(self.probes[f.name], cmap) for f in COUNTER_FAMILIES if f.name in self.probes for cmap in f.counters
-        ])
+        ], self.flows.derived if self.flows is not None else (lambda _name: {}))
         self._per_cgroup = {g.name for f in COUNTER_FAMILIES for g in f.gauges if g.per_cgroup}
         self.bpf_stats = BpfStats(cfg.bpf_stats)
         self._lock = threading.Lock()
@@ -94,9 +97,24 @@ class Agent:
         return beats
 
     # -- snapshot ----------------------------------------------------------
+    def _flow_map(self):
+        return self.probes["tcp"].flow_map() if self.flows is not None else None
+
+    def _update_flows(self) -> None:
+        """The kernel's edges read (under the lock), before anything reads
+        the per-cgroup sums they feed."""
+        m = self._flow_map()
+        if m is not None:
+            self.flows.set_service_ranges(self.probes["tcp"])
+            self.flows.update(m)
+
     def snapshot(self) -> Snapshot:
         with self._lock:
+            self._update_flows()
             series, fill = self.counters.read()
+            m = self._flow_map()
+            if m is not None:
+                fill["tcp_flows"] = (self.flows.table.entries, m.max_entries)
             states: dict[str, str] = {}
             gauges: dict[str, dict] = {}
             for p in self.probes.values():
@@ -117,6 +135,9 @@ class Agent:
                 security=self.security.counts() if self.security is not None else None,
                 gauges=node_gauges,
                 workload_gauges=workload_gauges,
+                edge_label_names=self.flows.label_names if m is not None else (),
+                edges=self.flows.series() if m is not None else {},
+                flow_stats=self.flows.flow_stats() if m is not None else None,
             )
 
     def _gauges(self, values: dict[str, dict]) -> tuple[dict, dict]:
@@ -163,6 +184,8 @@ class Agent:
                     p.prepare()
                     with self._lock:
                         p.sample()
+                        if p.name == "tcp" and self.flows is not None and self.flows.follows_connections:
+                            self._update_flows()  # Service connections leave the map as they close
                 except OSError as e:
                     log.warning("probe %s: sampling failed: %s", p.name, e)
 
@@ -192,7 +215,12 @@ class Agent:
         now = time.monotonic() if now is None else now
         grace = self.cfg.kubernetes.grace_period
         with self._lock:
-            self.counters.collect_garbage(now, grace)
+            gone = self.counters.collect_garbage(now, grace)
+            if self.flows is not None:
+                m = self._flow_map()
+                if gone:
+                    self.flows.forget_cgroups(m, gone)
+                self.flows.expire(m, now)
             pods = self.identity.pods
             if pods is not None:
                 for uid, when in pods.deleted().items():

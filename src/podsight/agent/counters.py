@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from operator import add
 
 from ..identity.node import NodeIdentity
 from ..kernel.family import CounterMap
@@ -35,12 +36,28 @@ class Source:
         return p.obj.maps[self.map.name] if p.up and p.obj is not None else None
 
 
-class CounterSeries:
-    """Not thread-safe: the agent calls it under its lock."""
+def _merged(raw: dict, extra: dict) -> dict:
+    """A map's read with counts kept elsewhere added (flows: a cgroup's edges)."""
+    if not extra:
+        return raw
+    out = dict(raw)
+    for key, vals in extra.items():
+        old = out.get(key)
+        out[key] = tuple(vals) if old is None else tuple(map(add, old, vals))
+    return out
 
-    def __init__(self, identity: NodeIdentity, sources: list[Source]):
+
+class CounterSeries:
+    """Not thread-safe: the agent calls it under its lock.
+
+    ``derived(map name)`` gives counts that belong to a map's cgroups but are
+    kept elsewhere ({key: values}, growing only): with flows on, tcp.bpf.c
+    counts connections per edge, and their per-cgroup sums are added here."""
+
+    def __init__(self, identity: NodeIdentity, sources: list[Source], derived=lambda _name: {}):
         self.identity = identity
         self.sources = sources
+        self.derived = derived
         self._unresolvable: set[int] = set()  # ids the last read could not resolve, for GC
 
     def read(self) -> tuple[dict[str, dict], dict[str, tuple[int, int]]]:
@@ -48,7 +65,7 @@ class CounterSeries:
         raw, fill = {}, {}
         for s in self.sources:
             m = s.kernel_map()
-            raw[s.map.name] = s.reader.read(m) if m is not None else {}
+            raw[s.map.name] = _merged(s.reader.read(m), self.derived(s.map.name)) if m is not None else {}
             if m is not None:
                 fill[s.map.name] = (len(raw[s.map.name]), m.max_entries)
         ids: set[int] = set()
@@ -66,7 +83,7 @@ class CounterSeries:
             series[s.map.name] = s.ledger.aggregate(raw[s.map.name], label_of)
         return series, fill
 
-    def collect_garbage(self, now: float, grace: float) -> None:
+    def collect_garbage(self, now: float, grace: float) -> set[int]:
         """Free map entries of cgroups that are gone.
 
         Host cgroups retire at once into the ledger (their label set lives on);
@@ -87,26 +104,31 @@ class CounterSeries:
             due.setdefault(cid, None)
         self._unresolvable = set()
         if not due:
-            return
+            return set()
         for s in self.sources:
             m = s.kernel_map()
             if m is not None:
                 self._drop_entries(s, m, due)
         for cid in due:
             self.identity.forget(cid)
+        return set(due)
 
     def _drop_entries(self, s: Source, m, due: dict) -> None:
         key = s.map.key
         vfmt = struct.Struct(f"<{s.map.width}Q")
+        extra = {k: v for k, v in self.derived(s.map.name).items() if (k[0] if s.map.paired else k) in due}
         keys = [k for k in m.keys() if key.unpack(k)[0] in due] if s.map.paired else [key.pack(cid) for cid in due]
-        for raw_key in keys:
+        keys += [key.pack(*k) if s.map.paired else key.pack(k) for k in extra]
+        for raw_key in dict.fromkeys(keys):
             per_cpu = m.lookup(raw_key)
             m.delete(raw_key)
             k = key.unpack(raw_key)
             info = due[k[0]]
-            if per_cpu is None or (info is not None and info.identity.in_pod):
+            kept = extra.get(k if s.map.paired else k[0])
+            if (per_cpu is None and kept is None) or (info is not None and info.identity.in_pod):
                 continue  # a pod's series leave with it
             labels = self.identity.retired_labels(info)
             if s.map.paired:
                 labels += (k[1],)
-            s.ledger.retire(labels, tuple(map(sum, zip(*map(vfmt.unpack, per_cpu)))))
+            values = tuple(map(sum, zip(*map(vfmt.unpack, per_cpu)))) if per_cpu is not None else (0,) * s.map.width
+            s.ledger.retire(labels, tuple(map(add, values, kept)) if kept is not None else values)

@@ -78,7 +78,8 @@ def _rows(m: Metric, cmap: CounterMap, labels: LabelCache) -> RowRenderer:
 
 def _histogram_rows(m: Metric, cmap: CounterMap, ls: Callable[[tuple, dict], str]) -> RowRenderer:
     buckets = Buckets(m.unit, *m.buckets)
-    slots = cmap.value.slots.size // 8
+    first = cmap.index("slots")
+    slots = slice(first, first + cmap.value.slots.size // 8)
     total = cmap.index("sum")
     les = [f',le="{le}"}} ' for le in buckets.les]
     name, unit = m.name, m.unit
@@ -90,7 +91,7 @@ def _histogram_rows(m: Metric, cmap: CounterMap, ls: Callable[[tuple, dict], str
             if select is not None and k[-1] != select:
                 continue
             lset = ls(k, names)
-            counts = buckets.cumulative_counts(v[:slots])
+            counts = buckets.cumulative_counts(v[slots])
             head = f"{name}_bucket{{{lset}"
             parts.append("".join([f"{head}{le}{n}\n" for le, n in zip(les, counts)]))
             parts.append(f"{name}_sum{{{lset}}} {v[total] * unit!r}\n{name}_count{{{lset}}} {counts[-1]}\n")
@@ -173,7 +174,7 @@ class _MapPieces:
 class MetricsRenderer:
     """Renders snapshots of one agent: ``families`` are those it runs."""
 
-    def __init__(self, label_names: Sequence[str], families: Sequence[Family]):
+    def __init__(self, label_names: Sequence[str], families: Sequence[Family], edge_label_names: Sequence[str] = ()):
         self.labels = LabelCache(label_names)
         self.maps: list[_MapPieces] = []
         self.gauges = [g for f in families for g in f.gauges]
@@ -181,6 +182,9 @@ class MetricsRenderer:
             for cmap in f.counters:
                 metrics = [m for m in f.metrics if m.map == cmap.name]
                 self.maps.append(_MapPieces(cmap, metrics, self.labels))
+        # Edges (who talks to whom) have their own label names: both ends'.
+        self.edges = [_MapPieces(f.edges, list(f.edge_metrics), LabelCache(edge_label_names))
+                      for f in families if f.edges is not None and edge_label_names]
         self.process = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.process)
 
@@ -191,6 +195,11 @@ class MetricsRenderer:
         for mp in self.maps:
             mp.update(snap.series.get(mp.map.name, {}), snap.key_names.get(mp.map.name, {}))
             pieces.extend(mp.page())
+        if snap.flow_stats is not None:
+            for mp in self.edges:
+                mp.update(snap.edges, {})
+                pieces.extend(mp.page())
+            pieces.append(Piece(self._flow_stats(snap).encode()))
         pieces.append(Piece(generate_latest(self.process)))
         return Body.gzip(pieces) if gzip else Body(pieces)
 
@@ -210,6 +219,23 @@ class MetricsRenderer:
                     w.family(g.name, "gauge", g.help)
                     head = f'{g.label}="{{}}",' if g.label else ""
                     w.samples(g.name, ((head.format(escape(k)) + f'node="{node}"', v) for k, v in sorted(values.items())))
+        return w.text()
+
+    @staticmethod
+    def _flow_stats(snap: Snapshot) -> str:
+        """The flows' series budget, per node."""
+        st, node = snap.flow_stats, f'node="{escape(snap.node)}"'
+        w = Writer()
+        w.family("podsight_flow_edges", "gauge", "Edges exported (peer rows, ~other rows included).")
+        w.sample("podsight_flow_edges", node, st.edges)
+        w.family("podsight_flow_peers_folded", "gauge",
+                 "Edges whose traffic goes to peer_workload=\"~other\" now (beyond flows.max_peers_per_workload).")
+        w.sample("podsight_flow_peers_folded", node, st.peers_folded)
+        w.family("podsight_flow_edges_expired", "counter", "Edges that left /metrics after flows.idle_timeout without traffic.")
+        w.sample("podsight_flow_edges_expired_total", node, st.edges_expired)
+        w.family("podsight_flow_backends_unresolved", "counter",
+                 "Connections to a Service address whose backend conntrack did not name (exported without it).")
+        w.sample("podsight_flow_backends_unresolved_total", node, st.backends_unresolved)
         return w.text()
 
     @staticmethod
@@ -233,7 +259,7 @@ class MetricsRenderer:
             w.family("podsight_kubernetes_api_up", "gauge", "1 if the pod watch on the Kubernetes API is healthy.")
             w.sample("podsight_kubernetes_api_up", f'node="{node}"', int(snap.kubernetes_api_up))
         w.family("podsight_bpf_map_entries", "gauge", "Entries in a BPF map, read at scrape time "
-                 "(tcp_socks: at the last RTT sample; tls_ssl: at the last handshake sweep).")
+                 "(tcp_socks: at the last RTT sample; tls_ssl: at the last handshake sweep; tcp_flows: at the last read).")
         for name, n in sorted(snap.map_entries.items()):
             w.sample("podsight_bpf_map_entries", f'map="{name}",node="{node}"', n)
         if snap.map_max_entries:

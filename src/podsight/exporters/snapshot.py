@@ -43,6 +43,11 @@ class Snapshot:
     # name → {label value: v}; per workload, name → {label set: v}.
     gauges: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     workload_gauges: Mapping[str, Mapping[Labels, float]] = field(default_factory=dict)
+    # Who talks to whom (podsight.agent.flows): edge labels → a family's
+    # edge values, under their own label names; and the budget's health.
+    edge_label_names: tuple[str, ...] = ()
+    edges: Mapping[Labels, Sequence[int]] = field(default_factory=dict)
+    flow_stats: object | None = None
 
     @property
     def probes(self) -> dict[str, bool]:

@@ -77,6 +77,31 @@ class NodeIdentity:
             out[cid] = None if ident.in_pod and self._waiting_for_metadata(cid, ident, now) else self.labeler.labels(ident)
         return out, never
 
+    def workloads_for(self, ids: Iterable[int]) -> dict[int, tuple[str, str, str, str] | None]:
+        """(namespace, workload, workload_kind, pod) of each cgroup id, the
+        local end of its flows; None to hold back, as ``labels_for`` does.
+        Host cgroups are their host group, of kind "host"."""
+        now = self._clock()
+        ids = set(ids)
+        infos = self.resolver.resolve_many(ids - {0})
+        out: dict[int, tuple[str, str, str, str] | None] = {}
+        for cid in ids:
+            info = infos.get(cid)
+            if info is None:
+                ident = UNATTRIBUTED if cid == 0 else (UNKNOWN if self.resolver.unresolvable(cid) else None)
+                out[cid] = None if ident is None else ("", ident.host_group, "host", "")
+                continue
+            ident = info.identity
+            if not ident.in_pod:
+                out[cid] = ("", ident.host_group, "host", "")
+            elif self._waiting_for_metadata(cid, ident, now):
+                out[cid] = None
+            else:
+                pod = self.pods.pod(ident.pod_uid) if self.pods is not None else None
+                out[cid] = ((pod.namespace, pod.workload, pod.workload_kind, pod.name) if pod is not None
+                            else ("", ident.pod_uid, "", ident.pod_uid))
+        return out
+
     def retired_labels(self, info: CgroupInfo | None) -> Labels:
         """Label values a gone cgroup's last counts are kept under."""
         return self.labeler.labels(info.identity if info is not None else UNKNOWN)

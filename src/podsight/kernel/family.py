@@ -131,6 +131,10 @@ class Family:
     gauges: tuple[Gauge, ...] = ()
     structs: dict[str, type[ctypes.Structure]] = field(default_factory=dict)   # C struct → mirror
     enums: dict[str, tuple[str, ...]] = field(default_factory=dict)           # C enum → names by value (Python side)
+    # Series the agent builds per edge (who talks to whom) rather than per
+    # cgroup: their values' layout, and the metric families they feed.
+    edges: CounterMap | None = None
+    edge_metrics: tuple[Metric, ...] = ()
 
     def counter(self, name: str) -> CounterMap:
         for c in self.counters:

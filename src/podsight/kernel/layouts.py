@@ -22,6 +22,10 @@ __all__ = [
     "DropKey",
     "DROP_REASON_WORDS",
     "TcpConfig",
+    "FLOW_ROLES",
+    "FlowKey",
+    "FlowCounters",
+    "FlowServices",
     "TLS_ROLES",
     "TlsKey",
     "TlsCounters",
@@ -73,6 +77,7 @@ class TcpCounters(ctypes.Structure):
         ("retransmits", c_uint64),
         ("resets_sent", c_uint64),
         ("resets_received", c_uint64),
+        ("flow_untracked", c_uint64),
     ]
 
 
@@ -98,7 +103,46 @@ DROP_REASON_WORDS = 4
 
 
 class TcpConfig(ctypes.Structure):
-    _fields_ = [("ignored_drop_reasons", c_uint64 * DROP_REASON_WORDS)]
+    _fields_ = [("ignored_drop_reasons", c_uint64 * DROP_REASON_WORDS), ("flows", c_uint32), ("pad", c_uint32)]
+
+
+FLOW_ROLES = ("unknown", "client", "server")  # enum flow_role, by value
+
+
+class FlowKey(ctypes.Structure):
+    _fields_ = [
+        ("cgroup_id", c_uint64),
+        ("addr", c_uint8 * 16),
+        ("port", c_uint16),
+        ("client_port", c_uint16),
+        ("family", c_uint8),
+        ("role", c_uint8),
+        ("pad", c_uint16),
+    ]
+
+
+class FlowCounters(ctypes.Structure):
+    _fields_ = [
+        ("opened", c_uint64),
+        ("failed", c_uint64),
+        ("closed", c_uint64),
+        ("bytes_sent", c_uint64),
+        ("bytes_received", c_uint64),
+        ("segs_sent", c_uint64),
+        ("segs_received", c_uint64),
+        ("retransmits", c_uint64),
+        ("srtt", Hist),
+        ("connect", Hist),
+    ]
+
+
+class FlowServices(ctypes.Structure):
+    _fields_ = [
+        ("v4_net", c_uint32),
+        ("v4_mask", c_uint32),
+        ("v6_net", c_uint32 * 4),
+        ("v6_mask", c_uint32 * 4),
+    ]
 
 
 TLS_ROLES = ("unknown", "client", "server")  # enum tls_role, by value

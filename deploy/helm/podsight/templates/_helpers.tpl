@@ -83,6 +83,45 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if or (not (hasKey $tls "enabled")) $tls.enabled }}true{{- end }}
 {{- end }}
 
+{{/* The tcp probe is on unless config.probes.tcp.enabled is false (the agent's default). */}}
+{{- define "podsight.tcpEnabled" -}}
+{{- $tcp := (.Values.config.probes | default dict).tcp | default dict }}
+{{- if or (not (hasKey $tcp "enabled")) $tcp.enabled }}true{{- end }}
+{{- end }}
+
+{{/* Flows (who talks to whom) run when config.flows.enabled (the agent's
+default) and the tcp probe, their only source, are on: the agent starts them
+only then. With Kubernetes they watch all pods, services and nodes. */}}
+{{- define "podsight.flowsEnabled" -}}
+{{- $flows := .Values.config.flows | default dict }}
+{{- if and (include "podsight.tcpEnabled" .) (or (not (hasKey $flows "enabled")) $flows.enabled) }}true{{- end }}
+{{- end }}
+
+{{/* Running flows read the node's conntrack table (Service backends) over
+netlink unless config.flows.conntrack is false. Needs the host network
+namespace (hostNetwork) and CAP_NET_ADMIN there. */}}
+{{- define "podsight.conntrackEnabled" -}}
+{{- $flows := .Values.config.flows | default dict }}
+{{- if and (include "podsight.flowsEnabled" .) (or (not (hasKey $flows "conntrack")) $flows.conntrack) }}true{{- end }}
+{{- end }}
+
+{{/* The pod's hostNetwork: "true" or "". `hostNetwork: true` always, `auto`
+when conntrack needs it; `false` never, and then conntrack is refused (its
+dumps would read the pod's own, empty, conntrack table: no backend, silently). */}}
+{{- define "podsight.hostNetwork" -}}
+{{- $h := toString .Values.hostNetwork }}
+{{- if eq $h "true" }}true
+{{- else if eq $h "false" }}
+{{- if include "podsight.conntrackEnabled" . }}
+{{- fail "hostNetwork is false but config.flows.conntrack is on (the default): the conntrack NAT tuples that name the backend of a Service connection are in the node's network namespace, which the agent reaches only with hostNetwork. Set config.flows.conntrack=false (Service connections are then attributed to the Service without a backend), or hostNetwork=auto." }}
+{{- end }}
+{{- else if eq $h "auto" }}
+{{- include "podsight.conntrackEnabled" . }}
+{{- else }}
+{{- fail (printf "hostNetwork %v: expected auto, true or false" .Values.hostNetwork) }}
+{{- end }}
+{{- end }}
+
 {{/* Features that read other processes' /proc entries (maps, root, exe, cwd):
 they need the host's /proc and ptrace read access (CAP_SYS_PTRACE). */}}
 {{- define "podsight.readsProcesses" -}}

@@ -3,6 +3,7 @@ retransmits, resets), RTT and connect-time histograms, and the kernel's
 packet drops by reason."""
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 
@@ -10,12 +11,12 @@ from ...config import Config
 from .. import mounts
 from ..drop_reasons import drop_reasons
 from ..family import CounterMap, Family, Metric
-from ..layouts import (DROP_REASON_WORDS, HIST_CONNECT, HIST_KINDS, HIST_SRTT, DropCount, DropKey, Hist, HistKey,
-                       TcpConfig, TcpCounters)
+from ..layouts import (DROP_REASON_WORDS, FLOW_ROLES, HIST_CONNECT, HIST_KINDS, HIST_SLOTS, HIST_SRTT, DropCount,
+                       DropKey, FlowCounters, FlowKey, FlowServices, Hist, HistKey, TcpConfig, TcpCounters)
 from ..loader import BpfObject
 from ..probes import Probe
 
-__all__ = ["FAMILY", "TcpProbe", "tcp_config"]
+__all__ = ["EDGE_METRICS", "EdgeValues", "FAMILY", "TcpProbe", "service_ranges", "tcp_config"]
 
 log = logging.getLogger("podsight.probes")
 
@@ -46,9 +47,11 @@ class TcpProbe(Probe):
     def configure(self, obj: BpfObject, cfg: Config) -> None:
         self.sample_interval = float(cfg.probes.tcp.srtt_sample_interval)
         obj.set_max_entries("tcp_socks", cfg.probes.tcp.max_tracked_connections)
+        obj.set_max_entries("tcp_flows", cfg.flows.max_flows)
         tracefs = mounts.tracefs_root()
         self.drop_reasons = drop_reasons(tracefs)
-        obj.set_config(tcp_config(cfg.probes.tcp.ignored_drop_reasons, self.drop_reasons))
+        self.flows = cfg.flows.enabled
+        obj.set_config(tcp_config(cfg.probes.tcp.ignored_drop_reasons, self.drop_reasons, flows=self.flows))
         events = os.path.join(tracefs, "events")
         self._present = {}
         for part, progs in self.PARTS.items():
@@ -99,12 +102,39 @@ class TcpProbe(Probe):
     def key_names(self, counter_map: str) -> dict[int, str]:
         return self.drop_reasons if counter_map == "network_drops" else {}
 
+    def flow_map(self):
+        """tcp_flows, when flows are counted (the caller holds the agent's lock)."""
+        if not (self.up and self.flows and self.obj is not None):
+            return None
+        return self.obj.maps["tcp_flows"]
 
-def tcp_config(ignored: list[str], reasons: dict[int, str]) -> TcpConfig:
+    def set_service_ranges(self, networks: list) -> None:
+        """Where Service ClusterIPs live: connections to them are followed one
+        by one until conntrack names their backend."""
+        if self.up and self.obj is not None:
+            self.obj.maps["flow_services"].update(bytes(4), bytes(service_ranges(networks)))
+
+
+def service_ranges(networks: list) -> FlowServices:
+    """flow_services[0] for at most one IPv4 and one IPv6 network (the first of each)."""
+    out = FlowServices()
+    for net in networks:
+        if net.version == 4 and not out.v4_mask:
+            out.v4_net = int.from_bytes(net.network_address.packed, "little")
+            out.v4_mask = int.from_bytes(net.netmask.packed, "little")
+        elif net.version == 6 and not any(out.v6_mask):
+            for i in range(4):
+                out.v6_net[i] = int.from_bytes(net.network_address.packed[4 * i:4 * i + 4], "little")
+                out.v6_mask[i] = int.from_bytes(net.netmask.packed[4 * i:4 * i + 4], "little")
+    return out
+
+
+def tcp_config(ignored: list[str], reasons: dict[int, str], *, flows: bool = False) -> TcpConfig:
     """tcp.bpf.c's config: the ignored drop reasons as a bitmap of this
     kernel's numbers.  A name this kernel does not have cannot occur here
     (one config serves nodes on different kernels), so it is only logged."""
     tc = TcpConfig()
+    tc.flows = int(flows)
     number = {name: n for n, name in reasons.items()}
     for name in ignored:
         n = number.get(name)
@@ -128,11 +158,40 @@ def _active(opened_outbound: int, opened_inbound: int, closed: int) -> int:
     return max(0, opened_outbound + opened_inbound - closed)
 
 
+class EdgeValues(ctypes.Structure):
+    """One edge's values as the agent exports them: tcp_flows' counters and
+    its RTT histogram, flattened (a prefix of struct flow_counters)."""
+    _fields_ = [(name, ctype) for name, ctype in FlowCounters._fields_[:8]] + [
+        ("slots", ctypes.c_uint64 * HIST_SLOTS), ("sum", ctypes.c_uint64)]
+
+
+# The agent's per-edge series (podsight.agent.flows), rendered like a counter map's.
+EDGES = CounterMap("tcp_flows", EdgeValues)
+EDGE_METRICS = (
+    Metric("podsight_flow_bytes", "counter",
+           "TCP payload bytes on the edge: sent and acknowledged by the peer, and received (the socket's own "
+           "bytes_acked and bytes_received, read every probes.tcp.srtt_sample_interval and at close).",
+           "tcp_flows", ("bytes_sent", "bytes_received"), split="direction", split_values=("sent", "received")),
+    Metric("podsight_flow_segments", "counter", "TCP segments on the edge (the socket's segs_out and segs_in).",
+           "tcp_flows", ("segs_sent", "segs_received"), split="direction", split_values=("sent", "received")),
+    Metric("podsight_flow_connections_opened", "counter", "TCP connections established on the edge.",
+           "tcp_flows", ("opened",)),
+    Metric("podsight_flow_connections_failed", "counter",
+           "TCP handshakes on the edge that never completed (refused, reset, timed out).", "tcp_flows", ("failed",)),
+    Metric("podsight_flow_connections_closed", "counter", "Established TCP connections on the edge that closed.",
+           "tcp_flows", ("closed",)),
+    Metric("podsight_flow_retransmits", "counter", "TCP segments retransmitted on the edge.",
+           "tcp_flows", ("retransmits",)),
+    Metric("podsight_flow_srtt_seconds", "histogram",
+           "Kernel smoothed RTT of the edge's connections: one sample per connection per interval while it "
+           "receives, and one as it closes.", "tcp_flows", unit=1e-6, buckets=(4, 22)),
+)
+
 FAMILY = Family(
     name="tcp",
     probe=TcpProbe,
     programs={prog: tp for part in TcpProbe.PARTS.values() for prog, tp in part.items()},
-    maps=("tcp_stats", "tcp_histograms", "network_drops", "tcp_socks"),
+    maps=("tcp_stats", "tcp_histograms", "network_drops", "tcp_socks", "tcp_flows", "flow_services"),
     counters=(
         CounterMap("tcp_stats", TcpCounters),
         CounterMap("tcp_histograms", Hist, HistKey),                              # (cgroup, enum hist_kind)
@@ -155,6 +214,9 @@ FAMILY = Family(
                "TCP segments retransmitted (as the kernel counts TcpRetransSegs).", "tcp_stats", ("retransmits",)),
         Metric("podsight_tcp_resets", "counter", "TCP resets sent or received on the workload's sockets.",
                "tcp_stats", ("resets_sent", "resets_received"), split="direction", split_values=("sent", "received")),
+        Metric("podsight_flow_untracked", "counter",
+               "With flows on: connection events (opens, closes, failures, retransmits, samples) no edge could hold "
+               "(tcp_flows full); podsight_tcp_* still count them.", "tcp_stats", ("flow_untracked",)),
         Metric("podsight_tcp_srtt_seconds", "histogram",
                "Kernel smoothed RTT of the workload's TCP connections: one sample per connection per interval while "
                "it receives, and one as it closes.", "tcp_histograms", select=HIST_SRTT, **_US),
@@ -165,6 +227,9 @@ FAMILY = Family(
                "probes.tcp.ignored_drop_reasons.", "network_drops", ("count",), key_label="reason"),
     ),
     structs={"tcp_counters": TcpCounters, "hist_key": HistKey, "hist": Hist, "drop_key": DropKey,
-             "tcp_config": TcpConfig},
-    enums={"hist_kind": ("HIST_", HIST_KINDS)},
+             "tcp_config": TcpConfig, "flow_key": FlowKey, "flow_counters": FlowCounters,
+             "flow_services": FlowServices},
+    enums={"hist_kind": ("HIST_", HIST_KINDS), "flow_role": ("FLOW_", FLOW_ROLES)},
+    edges=EDGES,
+    edge_metrics=EDGE_METRICS,
 )
