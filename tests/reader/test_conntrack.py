@@ -688,8 +688,19 @@ CHILD = textwrap.dedent("""
 
 
 def run_child(setpriv: list[str], port: int) -> dict:
-    r = subprocess.run(["ip", "netns", "exec", H, "setpriv", *setpriv, "--", sys.executable, "-c", CHILD, SRC,
-                        VIP4, str(port)], capture_output=True, text=True, timeout=30)
+    # A copy of the package another user can read: a clone in a mktemp -d
+    # directory (CI's) is root's alone.
+    import shutil
+    import tempfile
+
+    src = tempfile.mkdtemp(prefix="podsight-src-")
+    try:
+        os.chmod(src, 0o755)
+        shutil.copytree(os.path.join(SRC, "podsight"), os.path.join(src, "podsight"))
+        r = subprocess.run(["ip", "netns", "exec", H, "setpriv", *setpriv, "--", sys.executable, "-c", CHILD, src,
+                            VIP4, str(port)], capture_output=True, text=True, timeout=30)
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
