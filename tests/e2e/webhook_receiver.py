@@ -61,12 +61,16 @@ class WebhookReceiver:
         """(receiver path, alert) for every alert of every notification."""
         return [(p, a) for p, body in self.posts() if path in (None, p) for a in body.get("alerts", [])]
 
-    def wait_for_alert(self, alertname: str, timeout: float, status: str = "firing") -> tuple[str, dict] | None:
-        """First (path, alert) with this alertname and status, or None on timeout."""
+    def wait_for_alert(self, alertname: str, timeout: float, status: str = "firing",
+                       labels: dict | None = None) -> tuple[str, dict] | None:
+        """First (path, alert) with this alertname and status (and these
+        label values, when given), or None on timeout."""
+        want = {"alertname": alertname, **(labels or {})}
         deadline = time.monotonic() + timeout
         while True:
             for path, alert in self.alerts():
-                if alert.get("labels", {}).get("alertname") == alertname and alert.get("status") == status:
+                got = alert.get("labels", {})
+                if alert.get("status") == status and all(got.get(k) == v for k, v in want.items()):
                     return path, alert
             if time.monotonic() > deadline:
                 return None

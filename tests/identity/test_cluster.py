@@ -17,19 +17,9 @@ from podsight.identity import cluster
 from podsight.identity.cluster import ClusterIndex, Peer
 from tests.support.apiserver import (PodApiServer, make_node, make_pod, make_service, start_container,
                                      write_kubeconfig)
+from tests.support.waiting import wait_for
 
 ZONE = "topology.kubernetes.io/zone"
-
-
-def wait_for(cond, timeout=5.0, what="condition"):
-    """Poll ``cond`` until it is truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def ip(text: str):
@@ -38,15 +28,6 @@ def ip(text: str):
 
 def uid(obj: dict) -> str:
     return obj["metadata"]["uid"]
-
-
-@pytest.fixture
-def server():
-    srv = PodApiServer().start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture
@@ -477,6 +458,19 @@ def test_stop_is_prompt_with_open_watches(server, index):
     assert not idx.api_up
     wait_for(lambda: server.open_watches() == 0, what="watch connections closed")
     assert idx.heartbeat.overdue() < 0
+
+
+def test_stop_while_a_watch_request_is_on_its_way(server, index):
+    """stop() between a watch request and its answer: abort_watch() finds no
+    socket yet, so the transport must shut the stream down itself, or the
+    thread reads a silent stream until the server's timeout (minutes)."""
+    server.set_delay(0.5, "watch")  # the pods watch is answered 0.5 s late
+    idx = index(sync=False)
+    wait_for(lambda: idx.synced and server.requests("watch") >= 1, what="pods listed, watch requested")
+    threads = [w.thread for w in idx._watches]
+    idx.stop()
+    wait_for(lambda: not any(t.is_alive() for t in threads), what="watch threads ended")
+    wait_for(lambda: server.open_watches() == 0, what="watch connections closed")
 
 
 def test_heartbeat_is_overdue_when_any_watch_is(server, index):

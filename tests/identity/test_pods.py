@@ -10,27 +10,9 @@ import pytest
 
 from podsight.identity.pods import PodWatcher, backoff_delay
 from tests.support.apiserver import PodApiServer, make_pod, start_container, write_kubeconfig
+from tests.support.waiting import wait_for
 
 NODE = "node-a"
-
-
-def wait_for(cond, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-@pytest.fixture
-def server():
-    srv = PodApiServer().start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture

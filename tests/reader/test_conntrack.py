@@ -34,6 +34,7 @@ from podsight.reader.conntrack import (
     parse_conntrack, parse_messages,
 )
 from tests.support.clock import Clock
+from tests.support.waiting import wait_for
 
 AF4, AF6 = socket.AF_INET, socket.AF_INET6
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -374,17 +375,6 @@ def sh(*cmd: str, ns: str | None = None, check: bool = True) -> str:
     return r.stdout
 
 
-def wait_for(pred, what: str, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
 class Lines:
     """A helper process's output, line by line, each wait bounded."""
 
@@ -535,7 +525,7 @@ def test_backends_match_accepted_peers_and_conntrack(kube_node, family):
         # Two clients on the same port towards the same service: told apart by client address.
         conns += [(c1, kube_node.connect(c1, 45000, VIP6 if family == AF6 else VIP4)),
                   (c2, kube_node.connect(c2, 45000, VIP6 if family == AF6 else VIP4))]
-        wait_for(lambda: t.counts()["entries"] == len(conns), "an entry per connection")
+        wait_for(lambda: t.counts()["entries"] == len(conns), timeout=10, what="an entry per connection")
         table = kube_node.conntrack_dnat(family)
         used = set()
         for addr, port in conns:
@@ -574,11 +564,11 @@ def test_destroyed_entry_resolves_within_grace_only(kube_node):
     try:
         port = kube_node.connect("10.78.0.2", 0, VIP4)
         want = kube_node.accepted[("10.78.0.2", port)]
-        wait_for(lambda: t.counts()["events"] == 1, "the NEW event")
+        wait_for(lambda: t.counts()["events"] == 1, timeout=10, what="the NEW event")
         kube_node.close("10.78.0.2", port)
         time.sleep(0.1)  # the FIN and its ACK pass first: no packet of it follows the deletion
         sh("conntrack", "-D", "-p", "tcp", "--orig-port-src", str(port), ns=H)  # DESTROY now, not at timeout
-        wait_for(lambda: t.counts()["events"] == 2, "the DESTROY event")
+        wait_for(lambda: t.counts()["events"] == 2, timeout=10, what="the DESTROY event")
         assert sh("conntrack", "-L", "-p", "tcp", "--orig-port-src", str(port), ns=H, check=False) == ""
         clock.now += 59
         assert t.backend(AF4, vip(AF4), 80, port) == (ip(want[0]), want[1])
@@ -604,7 +594,7 @@ def test_entry_made_before_start_goes_after_two_resyncs(kube_node):
         for n in (2, 3):  # retired when two dumps in a row miss it
             assert t.backend(AF4, vip(AF4), 80, port) is not None
             clock.now += 300
-            wait_for(lambda: t.counts()["resyncs"] == n, f"periodic dump {n}")
+            wait_for(lambda: t.counts()["resyncs"] == n, timeout=10, what=f"periodic dump {n}")
         clock.now += 59
         assert t.backend(AF4, vip(AF4), 80, port) is not None
         clock.now += 1
@@ -625,9 +615,9 @@ def test_kernel_passes_only_dnat_tcp(kube_node):
         kube_node.connect("10.78.0.3", 0, "10.78.1.3", 9090)
         sh("python3", "-c", "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
            ".sendto(b'x', ('10.96.78.10', 53))", ns=C)
-        wait_for(lambda: "dport=53" in sh("conntrack", "-L", "-p", "udp", ns=H), "the UDP entry")
+        wait_for(lambda: "dport=53" in sh("conntrack", "-L", "-p", "udp", ns=H), timeout=10, what="the UDP entry")
         port = kube_node.connect("10.78.0.2", 0, VIP4)
-        wait_for(lambda: t.counts()["events"] >= 1, "the NEW event")
+        wait_for(lambda: t.counts()["events"] >= 1, timeout=10, what="the NEW event")
         time.sleep(0.2)
         assert t.counts()["events"] == 1 and t.counts()["entries"] == 1
         assert t.backend(AF4, vip(AF4), 80, port) is not None and t.backend(AF4, ip("10.78.1.2"), 8080, direct) is None
@@ -659,8 +649,8 @@ def test_lost_events_are_counted_and_resynced(kube_node, monkeypatch):
         with t._lock:  # the reader blocks on its next event while the queue overflows
             conns = [("10.78.0.2", kube_node.connect("10.78.0.2", 0, VIP4)) for _ in range(40)]
         # The dump at start is under MIN_RESYNC_GAP old: the one the overflow asks for waits that long.
-        wait_for(lambda: t.counts()["lost"] >= 1 and t.counts()["resyncs"] >= 2, "ENOBUFS and a new dump", 20)
-        wait_for(lambda: t.counts()["entries"] == len(conns), "every connection from the dump")
+        wait_for(lambda: t.counts()["lost"] >= 1 and t.counts()["resyncs"] >= 2, timeout=20, what="ENOBUFS and a new dump")
+        wait_for(lambda: t.counts()["entries"] == len(conns), timeout=10, what="every connection from the dump")
         for addr, port in conns:
             want = kube_node.accepted[(addr, port)]
             assert t.backend(AF4, vip(AF4), 80, port) == (ip(want[0]), want[1])

@@ -176,6 +176,12 @@ def _make_transport(ssl_context, stopping: threading.Event, on_watch_response: C
             stream = response.extensions.get("network_stream")
             self.live_socket = stream.get_extra_info("socket") if stream is not None else None
             self.live_response = response
+            if stopping.is_set():
+                # stop() came while this request was on its way: its
+                # abort_watch() found no socket, and the stream may stay
+                # silent until the server's timeout. Stored first, checked
+                # second (stop() sets, then aborts): one of the two shuts it.
+                self.abort_watch()
             on_watch_response(response.status_code)
             return response
 
