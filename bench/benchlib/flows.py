@@ -52,15 +52,13 @@ import hashlib
 import ipaddress
 import json
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import churn, env, scale, throughput
+from . import churn, env, scale, throughput, visitor
 from .ab import rotate
 from .floor import floor_programs
 from .kernel_cost import FLOOR, read_stats
@@ -337,40 +335,6 @@ def _ns(d: dict, prog: str) -> float:
 
 # -- part 4: scrape and RSS with a cluster ------------------------------------
 
-# One process in psb-node's network namespace visits every pod cgroup in turn
-# (a socket is charged to the cgroup its creator is in when it is made) and
-# connects from each to its peer addresses, all local on psb-node's lo.  The
-# listener is made before the first move: the accepted sockets are the host's.
-VISITOR = r"""
-import ctypes, os, socket, sys, threading
-libc = ctypes.CDLL(None, use_errno=True)
-with open(sys.argv[1]) as ns:
-    if libc.setns(ns.fileno(), 0x40000000) != 0:  # CLONE_NEWNET, before any thread starts
-        raise OSError(ctypes.get_errno(), "setns " + sys.argv[1])
-port = int(sys.argv[3])
-srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", port)); srv.listen(4096)
-def echo():
-    while True:
-        c, _ = srv.accept()
-        with c:
-            c.sendall(c.recv(64))
-threading.Thread(target=echo, daemon=True).start()
-pid = str(os.getpid())
-done = 0
-for line in open(sys.argv[2]):
-    cg, *peers = line.split()
-    with open(os.path.join(cg, "cgroup.procs"), "w") as f:
-        f.write(pid)
-    for peer in peers:
-        with socket.create_connection((peer, port), timeout=5) as c:
-            c.sendall(b"podsight")
-            c.recv(64)
-        done += 1
-print(done, flush=True)
-"""
-
-
 def peer_address(i: int, k: int, peers: int, remote: int) -> ipaddress.IPv4Address:
     """The k-th peer of local pod i: remote pod (i * peers + k) mod remote.
 
@@ -434,16 +398,11 @@ def _peer_lo() -> None:
 def _traffic(pods, sz: Sizes, log) -> float:
     t0 = time.monotonic()
     remote = _remote(len(pods), sz)
-    with tempfile.NamedTemporaryFile("w", prefix="psb-flows-", suffix=".txt") as f:
-        for i, p in enumerate(pods):
-            f.write(" ".join([str(p.cgroup)] + [str(peer_address(i, k, sz.peers, remote)) for k in range(sz.peers)]))
-            f.write("\n")
-        f.flush()
-        r = subprocess.run([sys.executable, "-c", VISITOR, f"/run/netns/{env._pods.NODE_NS}", f.name, str(PEER_PORT)],
-                           capture_output=True, text=True, timeout=900)
+    # All peers are local on psb-node's lo, served by the visitor's listener.
+    visitor.visit([(p.cgroup, [str(peer_address(i, k, sz.peers, remote)) for k in range(sz.peers)])
+                   for i, p in enumerate(pods)],
+                  port=PEER_PORT, netns=f"/run/netns/{env._pods.NODE_NS}", timeout=900, what="flows visitor")
     want = len(pods) * sz.peers
-    if r.returncode != 0 or r.stdout.strip() != str(want):
-        raise env.BenchError(f"flows visitor: {r.stdout!r} {r.stderr[-2000:]}")
     dt = time.monotonic() - t0
     log(f"  traffic: {want:,} connections ({sz.peers} peers x {len(pods)} pods) in {dt:.1f} s")
     return dt

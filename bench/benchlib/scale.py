@@ -18,15 +18,13 @@ import http.client
 import math
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import env
+from . import env, visitor
 from .stats import Budget, percentile, summary
 
 __all__ = ["run", "BUDGETS", "parse_exposition", "compare_pages"]
@@ -47,37 +45,6 @@ ACCEPT = "text/plain;version=0.0.4"
 NODE_NAME = "psb-bench-node"
 NETNS_PODS = 4  # two client/server pairs through the bridge
 
-# One process visits every pod cgroup in turn: a socket is charged to the
-# cgroup its creator was in when it was made, so connecting from inside each
-# pod's cgroup gives that pod real traffic and real TCP lifecycle entries,
-# without a thousand processes.  The listener is made before the first move
-# (accepted sockets inherit its cgroup: the host's).
-VISITOR = r"""
-import os, socket, sys, threading
-cgroups = open(sys.argv[1]).read().split()
-per_pod = int(sys.argv[2])
-srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1024)
-port = srv.getsockname()[1]
-def echo():
-    while True:
-        c, _ = srv.accept()
-        with c:
-            c.sendall(c.recv(64))
-threading.Thread(target=echo, daemon=True).start()
-pid = str(os.getpid())
-done = 0
-for cg in cgroups:
-    with open(os.path.join(cg, "cgroup.procs"), "w") as f:
-        f.write(pid)
-    for _ in range(per_pod):
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
-            c.sendall(b"podsight")
-            c.recv(64)
-        done += 1
-print(done, flush=True)
-"""
-
-
 def _make_pods(node, n: int, log) -> list:
     pods = [node.pod(env.pod_name(f"n{i}")) for i in range(min(NETNS_PODS, n))]
     t0 = time.monotonic()
@@ -97,13 +64,7 @@ def _traffic(node, pods, per_pod: int, log) -> None:
         if out.strip() != str(per_pod):
             raise env.BenchError(f"netprog connect in {client.ns}: {out!r} {err}")
     plain = [p for p in pods if not p.netns]
-    with tempfile.NamedTemporaryFile("w", prefix="psb-cgroups-", suffix=".txt") as f:
-        f.write("\n".join(str(p.cgroup) for p in plain))
-        f.flush()
-        r = subprocess.run([sys.executable, "-c", VISITOR, f.name, str(per_pod)],
-                           capture_output=True, text=True, timeout=600)
-    if r.returncode != 0 or r.stdout.strip() != str(per_pod * len(plain)):
-        raise env.BenchError(f"cgroup visitor: {r.stdout!r} {r.stderr}")
+    visitor.visit([(p.cgroup, ["127.0.0.1"] * per_pod) for p in plain])
     log(f"  traffic: {per_pod} connections from each pod in {time.monotonic() - t0:.1f} s")
 
 

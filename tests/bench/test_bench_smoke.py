@@ -4,16 +4,13 @@ or the budgets, only that the benchmark measured what it says it measured."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.root
+from tests.bench.quick import assert_nothing_left, quick_run, sane
 
-REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.root
 
 
 @pytest.fixture(scope="module")
@@ -21,21 +18,14 @@ def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "latest.json"
     out.write_text(json.dumps(EARLIER))  # the run this one replaces
     before = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--output", str(out)],
-                       capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    got = quick_run(out)
     assert Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip() == before
-    return json.loads(out.read_text()), r.stdout
+    return got
 
 
 # An earlier run, as bench/run.py writes it, with one budget.
 EARLIER = {"machine": {"date": "earlier", "kernel": "k"}, "quick": True, "params": {},
            "figures": {"churn": {"budget": {"op": ">=", "limit": 0.97, "unit": "", "value": 0.01, "verdict": "MISS"}}}}
-
-
-def sane(s: dict, lo: float, hi: float) -> None:
-    assert s["n"] >= 1
-    assert lo <= s["min"] <= s["median"] <= s["max"] <= hi, s
 
 
 def test_machine_and_table(result):
@@ -160,26 +150,4 @@ def test_events_path(result):
 
 
 def test_nothing_left_behind(result):
-    import fcntl
-
-    from podsight.kernel.mounts import cgroup2_root
-
-    from tests.support import pods
-
-    sys.path.insert(0, str(REPO / "bench"))
-    saved = pods.NODE_NS, pods.BRIDGE
-    try:
-        from benchlib.env import LOCK
-    finally:  # benchlib.env renames these for the bench; the root tests after this one need theirs
-        pods.NODE_NS, pods.BRIDGE = saved
-
-    # Another benchmark may have started since ours ended: look while holding
-    # the lock every bench run holds, so what we see is leftovers, not its pods.
-    fd = os.open(LOCK, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        assert "psb-" not in netns
-        assert not (Path(cgroup2_root()) / "psbench").exists()
-    finally:
-        os.close(fd)
+    assert_nothing_left(("tlsbench",))

@@ -7,18 +7,13 @@ that the figure measured what it reports, not how fast anything was."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from tests.bench.conftest import REPO
+from tests.bench.quick import assert_nothing_left, quick_run, sane
 from benchlib import ab, compare, flows, report
-from benchlib.env import LOCK
 from benchlib.stats import summary
 
 
@@ -150,16 +145,7 @@ def test_table_and_compare_show_the_flows_budgets():
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench-flows") / "flows.json"
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--only", "flows",
-                        "--output", str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return json.loads(out.read_text()), r.stdout
-
-
-def sane(s: dict, lo: float, hi: float) -> None:
-    assert s["n"] >= 1
-    assert lo <= s["min"] <= s["median"] <= s["max"] <= hi, s
+    return quick_run(tmp_path_factory.mktemp("bench-flows") / "flows.json", "--only", "flows")
 
 
 @pytest.mark.root
@@ -212,15 +198,4 @@ def test_quick_run_measures_flows_on_against_flows_off(result):
 
 @pytest.mark.root
 def test_quick_run_leaves_nothing_behind(result):
-    import fcntl
-
-    from podsight.kernel.mounts import cgroup2_root
-
-    # Looked at under the bench's own lock: another benchmark may have started since.
-    fd = os.open(LOCK, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        assert "psb-" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        assert not (Path(cgroup2_root()) / "psbench").exists()
-    finally:
-        os.close(fd)
+    assert_nothing_left()

@@ -6,18 +6,13 @@ not how fast they were."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from tests.bench.conftest import REPO
+from tests.bench.quick import assert_nothing_left, quick_run, sane
 from benchlib import ab, compare, report
-from benchlib.env import LOCK
 
 
 def test_alternate_with_its_own_arms_and_numbers_per_side():
@@ -93,16 +88,7 @@ def test_table_and_compare_show_the_tls_budget():
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench-tls") / "tls.json"
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--only", "tls",
-                        "--output", str(out)], capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return json.loads(out.read_text()), r.stdout
-
-
-def sane(s: dict, lo: float, hi: float) -> None:
-    assert s["n"] >= 1
-    assert lo <= s["min"] <= s["median"] <= s["max"] <= hi, s
+    return quick_run(tmp_path_factory.mktemp("bench-tls") / "tls.json", "--only", "tls", timeout=300)
 
 
 @pytest.mark.root
@@ -140,17 +126,4 @@ def test_quick_run_measures_full_handshakes_the_agent_counted(result):
 
 @pytest.mark.root
 def test_quick_run_leaves_nothing_behind(result):
-    import fcntl
-
-    from podsight.kernel.mounts import cgroup2_root
-
-    # Looked at under the bench's own lock: another benchmark may have started since.
-    fd = os.open(LOCK, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        assert "psb-" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        assert not (Path(cgroup2_root()) / "psbench").exists()
-        ps = subprocess.run(["ps", "-eo", "stat=,comm="], capture_output=True, text=True).stdout.splitlines()
-        assert not [p for p in ps if p.split()[-1] == "tlsbench" and not p.startswith("Z")], ps
-    finally:
-        os.close(fd)
+    assert_nothing_left(("tlsbench",))

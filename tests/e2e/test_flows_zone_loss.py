@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.kernel.test_flows import cluster, register, send, serve
 from tests.support.agent import AgentProcess
 from tests.support.apiserver import PodApiServer, write_kubeconfig
-from tests.support.pods import sh
+from tests.support.flows import lossy, send, serve, three_pods
 
 pytestmark = pytest.mark.root
 
@@ -17,10 +16,7 @@ RATIO = "zone_peer_zone:podsight_flow_retransmit_ratio:rate5m"
 def test_zone_pair_rule_shows_loss_only_between_the_lossy_zones(tmp_path, node, start_prometheus, e2e_rules):
     a, b, c = node.pod("za"), node.pod("zb"), node.pod("zc")
     with PodApiServer() as api:
-        cluster(api)
-        register(api, a, "client-0", "client")
-        register(api, b, "db-0", "db")
-        register(api, c, "cache-0", "cache", node="node-b")
+        three_pods(api, a, b, c)
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url)
         config = "probes:\n  tcp:\n    srtt_sample_interval: 200ms\n"
         with AgentProcess("--node-name", "node-a", "--kubeconfig", str(kubeconfig), config=config) as agent:
@@ -32,13 +28,8 @@ def test_zone_pair_rule_shows_loss_only_between_the_lossy_zones(tmp_path, node, 
             send(a, c.ip, 6379, 100_000)
             for pair in ('zone="zone-a", peer_zone="zone-a"', 'zone="zone-a", peer_zone="zone-b"'):
                 assert prom.wait_for(f"{RATIO}{{{pair}}}", 60), f"no {RATIO}{{{pair}}}: {prom.query(RATIO)}"
-            rule = ["INPUT", "-p", "tcp", "--dport", "6379", "--tcp-flags", "SYN", "NONE", "-m", "statistic",
-                    "--mode", "random", "--probability", "0.03", "-j", "DROP"]
-            sh("iptables", "-A", *rule, ns=c.ns)
-            try:
+            with lossy(c, 6379):
                 send(a, c.ip, 6379, 5_000_000, count=2)
-            finally:
-                sh("iptables", "-D", *rule, ns=c.ns)
             send(a, b.ip, 5432, 1_000_000, count=2)
             assert prom.wait_for(f'{RATIO}{{zone="zone-a", peer_zone="zone-b"}} > 0.001', 60), prom.query(RATIO)
             # The same zone pair has traffic and no loss (unless this VM's own

@@ -467,7 +467,7 @@ def test_stop_while_a_watch_request_is_on_its_way(server, index):
     server.set_delay(0.5, "watch")  # the pods watch is answered 0.5 s late
     idx = index(sync=False)
     wait_for(lambda: idx.synced and server.requests("watch") >= 1, what="pods listed, watch requested")
-    threads = [w.thread for w in idx._watches]
+    threads = [w._thread for w in idx._watches]
     idx.stop()
     wait_for(lambda: not any(t.is_alive() for t in threads), what="watch threads ended")
     wait_for(lambda: server.open_watches() == 0, what="watch connections closed")

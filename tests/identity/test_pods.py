@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from podsight.identity.pods import PodWatcher, backoff_delay
+from podsight.identity.listwatch import backoff_delay
+from podsight.identity.pods import PodWatcher
 from tests.support.apiserver import PodApiServer, make_pod, start_container, write_kubeconfig
 from tests.support.waiting import wait_for
 
@@ -345,9 +346,9 @@ def test_a_hung_api_connection_shows_as_a_stuck_watch(tmp_path, watchers, monkey
     stuck in a request, and its heartbeat says so (/healthz fails) once the
     longest watch plus the grace has passed (shrunk here from 600 + 120 s)."""
     from podsight.heartbeat import late
-    from podsight.identity import pods as pods_module
+    from podsight.identity import listwatch
 
-    monkeypatch.setattr(pods_module, "WATCH_TIMEOUT_RANGE", (1, 1))
+    monkeypatch.setattr(listwatch, "WATCH_TIMEOUT_RANGE", (1, 1))
     monkeypatch.setattr(PodWatcher, "PROGRESS_GRACE", 0.5)
     hole = socket.socket()
     hole.bind(("127.0.0.1", 0))

@@ -10,69 +10,11 @@ import subprocess
 import pytest
 
 from tests.support.agent import AgentProcess
-from tests.support.apiserver import PodApiServer, make_node, make_pod, make_service, start_container, write_kubeconfig
+from tests.support.apiserver import PodApiServer, make_service, write_kubeconfig
+from tests.support.flows import NODE, NS, PY, cluster, lossy, register, send, serve, three_pods
 from tests.support.pods import sh
 
 pytestmark = pytest.mark.root
-
-PY = "python3"
-NODE, OTHER_NODE = "node-a", "node-b"
-NS = "shop"
-
-# A server: per connection read to EOF, then send the byte count asked for
-# on its command line, then close.  A client: connect, send N, half-close,
-# read to EOF; or hold the connection open after sending until stdin closes.
-SERVER = """
-import socket, sys, threading
-host, port, back = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-fam = socket.AF_INET6 if ':' in host else socket.AF_INET
-s = socket.socket(fam); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((host, port)); s.listen(256)
-print('listening', flush=True)
-def handle(c):
-    with c:
-        while c.recv(65536): pass
-        if back: c.sendall(b'b' * back)
-while True:
-    c, _ = s.accept(); threading.Thread(target=handle, args=(c,), daemon=True).start()
-"""
-CLIENT = """
-import socket, sys
-host, port, n, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-for _ in range(count):
-    c = socket.create_connection((host, port)); c.sendall(b'a' * n); c.shutdown(socket.SHUT_WR)
-    got = 0
-    while True:
-        d = c.recv(65536)
-        if not d: break
-        got += len(d)
-    c.close()
-print(got, flush=True)
-"""
-
-
-def serve(pod, port, back=0, host=None):
-    p = pod.run(PY, "-c", SERVER, host or pod.ip, str(port), str(back), text=True)
-    assert p.stdout.readline().strip() == "listening", p.stderr.read()
-    return p
-
-
-def send(pod, host, port, n, count=1, timeout=60) -> int:
-    p = pod.run(PY, "-c", CLIENT, host, str(port), str(n), str(count), text=True)
-    out, err = p.communicate(timeout=timeout)
-    assert p.returncode == 0, err
-    return int(out)
-
-
-def register(api, sim, name, workload, node=NODE, ips=None):
-    pod = make_pod(name, namespace=NS, node=node, uid=sim.uid, owner=("StatefulSet", workload),
-                   ips=ips or [sim.ip])
-    start_container(pod, "app", sim.container_id)
-    api.add_pod(pod)
-
-
-def cluster(api, zones=(("node-a", "zone-a", "192.0.2.1"), ("node-b", "zone-b", "192.0.2.2"))):
-    for name, zone, ip in zones:
-        api.add_node(make_node(name, [ip], zone=zone))
 
 
 def agent_for(api, tmp_path, extra="") -> AgentProcess:
@@ -99,10 +41,7 @@ def test_edges_carry_the_bytes_sent_on_both_ends_with_zones(node, tmp_path):
     lands on another edge."""
     a, b, c = node.pod("fa"), node.pod("fb"), node.pod("fc")
     with PodApiServer() as api:
-        cluster(api)
-        register(api, a, "client-0", "client")
-        register(api, b, "db-0", "db")
-        register(api, c, "cache-0", "cache", node=OTHER_NODE)
+        three_pods(api, a, b, c)
         with agent_for(api, tmp_path) as agent:
             serve(b, 5432, back=70_000)
             serve(c, 6379, back=20_000)
@@ -189,22 +128,14 @@ def test_loss_between_zones_shows_only_on_that_edge(node, tmp_path):
     counts, and A's edge to B (same zone, no loss) none."""
     a, b, c = node.pod("fa"), node.pod("fb"), node.pod("fc")
     with PodApiServer() as api:
-        cluster(api)
-        register(api, a, "client-0", "client")
-        register(api, b, "db-0", "db")
-        register(api, c, "cache-0", "cache", node=OTHER_NODE)
+        three_pods(api, a, b, c)
         with agent_for(api, tmp_path) as agent:
             serve(b, 5432)
             serve(c, 6379)
             agent.wait_for(lambda s: s.value("podsight_kubernetes_api_up") == 1, what="the API watch up")
             before = retrans_segs(a)
-            rule = ["INPUT", "-p", "tcp", "--dport", "6379", "--tcp-flags", "SYN", "NONE", "-m", "statistic",
-                    "--mode", "random", "--probability", "0.03", "-j", "DROP"]
-            sh("iptables", "-A", *rule, ns=c.ns)
-            try:
+            with lossy(c, 6379):
                 send(a, c.ip, 6379, 5_000_000, count=2)
-            finally:
-                sh("iptables", "-D", *rule, ns=c.ns)
             to_c = retrans_segs(a) - before
             assert to_c >= 1, "the drop rule caused no retransmission"
             # The lossless edge, after: its retransmits are A's from here on

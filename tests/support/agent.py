@@ -70,6 +70,10 @@ class AgentProcess:
         self.stdout: list[str] = []  # stdout: security events, one JSON object per line
 
     def start(self, timeout: float = 20.0) -> "AgentProcess":
+        if self.proc is not None and self.proc.poll() is None:
+            # A second agent over the first would orphan it (its links, its
+            # port): `with AgentProcess(...).start()` is a test bug.
+            raise RuntimeError("AgentProcess.start(): already running; stop() it first")
         cmd = [*self.prefix, sys.executable, "-m", "podsight.cli", "run", "--listen", "127.0.0.1:0", *self.args]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env, cwd=REPO

@@ -19,11 +19,11 @@ repeated strings (namespace, node, workload) interned: 5.5 MB of Python heap
 for 10,000 pods, 2,000 services and 500 nodes, about 450 bytes an object
 (tests/identity/test_cluster.py measures it).
 
-The protocol is PodWatcher's (pods.py), whose pieces are reused: the same
-kubeconfig loading, the same transport (bookmarks, watch read timeouts past
-``timeoutSeconds`` so a dead connection is noticed, spaced watch requests,
-a prompt stop), ``backoff_delay`` for reconnects, 410 Gone → relist (a
-relist replaces that resource's whole state), and a heartbeat per thread.
+The protocol is PodWatcher's: each thread runs listwatch.py's loop and
+transport (bookmarks, watch read timeouts past ``timeoutSeconds`` so a dead
+connection is noticed, spaced watch requests, a prompt stop, backoff for
+reconnects, 410 Gone → relist, where a relist replaces that resource's whole
+state) with the same kubeconfig loading, and a heartbeat per thread.
 An expired continue token (410 between pages) falls back to one whole list,
 as client-go's pager does.  While the API is unreachable what is known stays
 known; ``api_up`` is True only while all three watches are healthy, and the
@@ -61,7 +61,7 @@ import msgspec
 
 from ..heartbeat import Heartbeat
 from .kubeconfig import SERVICE_ACCOUNT_DIR, load_client_config
-from .pods import WATCH_TIMEOUT_RANGE, PodWatcher, _Gone, _is_gone, _make_transport, backoff_delay
+from .listwatch import WATCH_TIMEOUT_RANGE, Gone, ListWatchLoop, is_gone
 from .workload import POD_TEMPLATE_HASH_LABEL, derive_workload
 
 __all__ = ["ClusterIndex", "Peer", "DEFAULT_ZONE_LABEL", "PAGE_SIZE"]
@@ -70,7 +70,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ZONE_LABEL = "topology.kubernetes.io/zone"
 PAGE_SIZE = 500  # objects per list page, as client-go's reflector asks
-PROGRESS_GRACE = PodWatcher.PROGRESS_GRACE
 NODE_ADDRESS_TYPES = frozenset({"InternalIP", "ExternalIP"})
 FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 
@@ -430,7 +429,7 @@ class _Table:
 
 # -- one resource's list/watch thread -------------------------------------------
 
-class _ResourceWatch:
+class _ResourceWatch(ListWatchLoop):
     def __init__(self, index: "ClusterIndex", table: _Table):
         self.index = index
         self.table = table
@@ -440,47 +439,51 @@ class _ResourceWatch:
         self.synced = False
         self.rv: str | None = None
         self.skipped = 0  # objects whose JSON did not fit the expected shape
-        self.thread: threading.Thread | None = None
+        self._stopping = index._stopping  # the index's: one stop() ends all three
+        self._thread: threading.Thread | None = None
         self._client = None
         self._transport = None
         self._attempt = 0
         self._wake = threading.Event()  # ends a reconnect wait early: stop(), or the API is back
+        self._log, self._what, self._keeps = log, f"cluster {table.resource}", "peers"
+        self._server = index._config.cluster.server
+        self.backoff_max = index.backoff_max
 
     def start(self) -> None:
-        if self.thread is None:
-            self.thread = threading.Thread(target=self._run, name=f"podsight-cluster-{self.table.resource}",
-                                           daemon=True)
-            self.thread.start()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"podsight-cluster-{self.table.resource}",
+                                            daemon=True)
+            self._thread.start()
 
     def abort(self) -> None:
         self._wake.set()
         if self._transport is not None:
             self._transport.abort_watch()
 
+    def _attempt_begins(self) -> None:
+        self._wake.clear()
+
     def _backoff(self, delay: float) -> None:
         """Wait before the next attempt; a wake since this attempt began cuts it short."""
-        if not self.index._stopping.is_set():
+        if not self._stopping.is_set():
             self._wake.wait(delay)
+
+    def _mark_down(self) -> None:
+        self.up = False
 
     def _client_or_new(self):
         if self._client is None:
             import httpx2
-            from lightkube.config.client_adapter import Client, ConnectionParams, verify_cluster
+            from lightkube.config.client_adapter import Client, ConnectionParams
 
             config = self.index._config
-            ssl_context = verify_cluster(config.cluster, config.user, config.abs_file, trust_env=False)
-            self._transport = _make_transport(ssl_context, self.index._stopping, self._on_watch_response)
+            transport = self._new_transport(config)
             # The httpx client lightkube would build (base URL, the user's
-            # auth, a token file re-read on 401), over PodWatcher's transport;
+            # auth, a token file re-read on 401), over the listwatch transport;
             # trust_env=False ignores HTTP(S)_PROXY, meant for the workloads.
             self._client = Client(config, ConnectionParams(timeout=httpx2.Timeout(10.0), trust_env=False,
-                                                           transport=self._transport))
+                                                           transport=transport))
         return self._client
-
-    def _on_watch_response(self, status_code: int) -> None:
-        if status_code == 200 and not self.index._stopping.is_set():
-            self._attempt = 0
-            self._set_up(True)
 
     def _set_up(self, up: bool) -> None:
         if up != self.up:
@@ -495,51 +498,9 @@ class _ResourceWatch:
                         other._wake.set()
             self.up = up
 
-    def _run(self) -> None:
-        stopping = self.index._stopping
-        resource = self.table.resource
-        self._attempt = 0
-        gone_in_a_row = 0
-        rv: str | None = None
-        while not stopping.is_set():
-            self.heartbeat.beat(WATCH_TIMEOUT_RANGE[1] + PROGRESS_GRACE)
-            self._wake.clear()
-            try:
-                client = self._client_or_new()
-                if rv is None:
-                    rv = self._relist(client)
-                rv = self._watch(client, rv)
-                gone_in_a_row = 0
-            except _Gone:
-                self._transport.close_watch()
-                log.info("cluster %s watch at resourceVersion %s expired (410 Gone); relisting", resource, rv)
-                rv = None
-                gone_in_a_row += 1
-                if gone_in_a_row > 1:  # a relist that expires at once: do not hammer
-                    self._backoff(backoff_delay(gone_in_a_row - 2, self.index.backoff_max))
-            except Exception as e:  # noqa: BLE001 - any failure means reconnect
-                if self._transport is not None:
-                    self._transport.close_watch()
-                if stopping.is_set():
-                    break
-                self.up = False
-                delay = backoff_delay(self._attempt, self.index.backoff_max)
-                self._attempt += 1
-                self.heartbeat.beat(delay + PROGRESS_GRACE)
-                level = logging.WARNING if self._attempt == 1 else logging.DEBUG
-                log.log(level, "Kubernetes API %s: cluster %s list/watch failed (%s: %s); "
-                        "peers stay as known, retry %d in %.2fs", self.index._config.cluster.server,
-                        resource, type(e).__name__, e, self._attempt, delay)
-                self._backoff(delay)
-        self.heartbeat.done()
-        self.up = False
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
-
     def _relist(self, client) -> str:
         """List every object (in pages), replace the table, return the list's version."""
-        stopping = self.index._stopping
+        stopping = self._stopping
         zone_label = self.index.zone_label
         page_size = self.index.page_size
         params: dict[str, str | int] = {"limit": page_size} if page_size else {}
@@ -569,7 +530,7 @@ class _ResourceWatch:
                 break
             if stopping.is_set():
                 raise RuntimeError("stopping")
-            self.heartbeat.beat(WATCH_TIMEOUT_RANGE[1] + PROGRESS_GRACE)
+            self.heartbeat.beat(WATCH_TIMEOUT_RANGE[1] + self.PROGRESS_GRACE)
             params = {"limit": page_size, "continue": meta.continue_}
         self.index._replace(self.table, recs)
         self.rv = rv
@@ -589,15 +550,15 @@ class _ResourceWatch:
 
     def _watch(self, client, rv: str) -> str:
         """Apply watch events until the stream ends or stop(); returns the last version seen."""
-        stopping = self.index._stopping
+        stopping = self._stopping
         zone_label = self.index.zone_label
         params = {"watch": "true", "resourceVersion": rv, "allowWatchBookmarks": "true",
                   "timeoutSeconds": str(random.randint(*WATCH_TIMEOUT_RANGE))}
         try:
             with client.stream("GET", self.path, params=params) as resp:
-                resp.raise_for_status()  # a 410 Status: _Gone below
+                resp.raise_for_status()  # a 410 Status: Gone below
                 for line in resp.iter_lines():
-                    self.heartbeat.beat(WATCH_TIMEOUT_RANGE[1] + PROGRESS_GRACE)
+                    self.heartbeat.beat(WATCH_TIMEOUT_RANGE[1] + self.PROGRESS_GRACE)
                     if stopping.is_set():
                         break
                     if not line.strip():
@@ -606,7 +567,7 @@ class _ResourceWatch:
                     if ev.type == "ERROR":
                         status = _status_decoder.decode(ev.object)
                         if status.code == 410:
-                            raise _Gone()
+                            raise Gone()
                         raise RuntimeError(f"watch ERROR event: {status.code} {status.reason}: {status.message}")
                     if ev.type == "BOOKMARK":
                         meta = _versioned_decoder.decode(ev.object).metadata
@@ -617,11 +578,11 @@ class _ResourceWatch:
                             self.index._apply(self.table, ev.type, rec)
                     if new_rv:
                         rv = self.rv = new_rv
-        except _Gone:
+        except Gone:
             raise
         except Exception as e:
-            if _is_gone(e):
-                raise _Gone() from e
+            if is_gone(e):
+                raise Gone() from e
             raise
         return rv
 
@@ -685,7 +646,7 @@ class ClusterIndex:
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
-        if any(w.thread is not None for w in self._watches):
+        if any(w._thread is not None for w in self._watches):
             return
         self._stopping.clear()
         for w in self._watches:
@@ -697,7 +658,7 @@ class ClusterIndex:
             w.abort()
         deadline = time.monotonic() + 0.9
         for w in self._watches:
-            thread, w.thread = w.thread, None
+            thread, w._thread = w._thread, None
             if thread is not None:
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
                 if thread.is_alive():

@@ -1,12 +1,10 @@
 """Pods on this node, from the Kubernetes API, kept in an in-memory cache.
 
-One background thread lists pods with ``fieldSelector=spec.nodeName=<node>``,
-then watches from the list's resourceVersion with bookmarks, tracking the
-version from every event and bookmark.  A ``410 Gone`` (HTTP status or a watch
-ERROR event) means the version left the server's history: we relist, and pods
-missing from the new list count as deleted, so the cache is never stale.  Any
-other failure keeps the last version and reconnects with capped exponential
-backoff and jitter; ``api_up`` is False until a request succeeds again.
+One background thread lists pods with ``fieldSelector=spec.nodeName=<node>``
+and watches them, in listwatch.py's loop: on ``410 Gone`` it relists, and pods
+missing from the new list count as deleted, so the cache is never stale; any
+other failure reconnects with backoff, and ``api_up`` is False until a request
+succeeds again.
 
 Deleted pods stay resolvable (``pod()``, ``pod_by_container()``) until the
 caller ``forget()``s them, so series of a deleted pod keep their labels during
@@ -16,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import random
-import socket
 import threading
 import time
 import types
@@ -25,21 +22,12 @@ from dataclasses import dataclass
 
 from ..heartbeat import Heartbeat
 from .kubeconfig import SERVICE_ACCOUNT_DIR, load_client_config
+from .listwatch import WATCH_TIMEOUT_RANGE, Gone, ListWatchLoop, is_gone
 from .workload import derive_workload
 
-__all__ = ["ContainerInfo", "PodInfo", "PodWatcher", "backoff_delay", "pod_info_from_object"]
+__all__ = ["ContainerInfo", "PodInfo", "PodWatcher", "pod_info_from_object"]
 
 log = logging.getLogger(__name__)
-
-BACKOFF_BASE = 0.5  # seconds before the first retry (before jitter)
-# Each watch asks the server to end it after 5-10 min, as client-go's
-# reflector does, so connections are recycled and load spreads over servers.
-WATCH_TIMEOUT_RANGE = (300, 600)
-# A watch stream silent for longer than its timeoutSeconds plus this margin is
-# a dead connection (no FIN from a vanished server): give up and reconnect.
-WATCH_READ_MARGIN = 30.0
-# A server that ends watches at once must not make us loop hot.
-MIN_WATCH_INTERVAL = 0.5
 
 
 @dataclass(frozen=True)
@@ -59,17 +47,6 @@ class PodInfo:
     workload_kind: str
     labels: Mapping[str, str]
     containers: Mapping[str, ContainerInfo]  # by container ID: regular, init and ephemeral
-
-
-def backoff_delay(attempt: int, cap: float, base: float = BACKOFF_BASE,
-                  rand: Callable[[], float] = random.random) -> float:
-    """Capped exponential backoff with "equal jitter": in [d/2, d], d = min(cap, base·2^attempt).
-
-    Half the delay is fixed so retries never bunch up near zero; the random
-    half spreads the agents of a whole cluster after an API server restart.
-    """
-    d = min(cap, base * (2 ** min(attempt, 32)))
-    return d / 2 + rand() * d / 2
 
 
 def _bare_id(container_id: str | None) -> str:
@@ -125,91 +102,7 @@ def pod_info_from_object(pod) -> PodInfo:
     )
 
 
-class _Gone(Exception):
-    """The watched resourceVersion is no longer in the server's history."""
-
-
-def _is_gone(exc: BaseException) -> bool:
-    status = getattr(exc, "status", None)  # lightkube ApiError from an ERROR event
-    if getattr(status, "code", None) == 410:
-        return True
-    response = getattr(exc, "response", None)  # httpx HTTPStatusError
-    try:
-        return response is not None and response.status_code == 410
-    except RuntimeError:  # an ApiError built without a response
-        return False
-
-
-def _make_transport(ssl_context, stopping: threading.Event, on_watch_response: Callable[[int], None]):
-    """An httpx transport under lightkube that adds what its watch() lacks.
-
-    lightkube's ``watch()`` does not take ``allowWatchBookmarks`` and waits
-    forever on a silent stream; this wrapper asks for bookmarks, bounds the
-    read timeout of watches, spaces out watch requests, and remembers the live
-    watch socket so ``stop()`` can shut it down (closing a socket does not
-    wake a thread blocked reading it; ``shutdown()`` does).
-    """
-    import httpx2
-
-    class WatchTransport(httpx2.BaseTransport):
-        def __init__(self):
-            self.inner = httpx2.HTTPTransport(verify=ssl_context, trust_env=False)
-            self.live_socket: socket.socket | None = None
-            self.live_response: httpx2.Response | None = None
-            self.last_watch = 0.0
-
-        def handle_request(self, request):
-            params = request.url.params
-            if params.get("watch") != "true":
-                return self.inner.handle_request(request)
-            wait = self.last_watch + MIN_WATCH_INTERVAL - time.monotonic()
-            if wait > 0 and stopping.wait(wait):
-                raise httpx2.ConnectError("watcher stopping", request=request)
-            self.last_watch = time.monotonic()
-            if "allowWatchBookmarks" not in params:
-                request.url = request.url.copy_add_param("allowWatchBookmarks", "true")
-            timeout = dict(request.extensions.get("timeout") or {})
-            server_timeout = float(params.get("timeoutSeconds") or WATCH_TIMEOUT_RANGE[1])
-            timeout["read"] = server_timeout + WATCH_READ_MARGIN
-            request.extensions["timeout"] = timeout
-            response = self.inner.handle_request(request)
-            stream = response.extensions.get("network_stream")
-            self.live_socket = stream.get_extra_info("socket") if stream is not None else None
-            self.live_response = response
-            if stopping.is_set():
-                # stop() came while this request was on its way: its
-                # abort_watch() found no socket, and the stream may stay
-                # silent until the server's timeout. Stored first, checked
-                # second (stop() sets, then aborts): one of the two shuts it.
-                self.abort_watch()
-            on_watch_response(response.status_code)
-            return response
-
-        def abort_watch(self) -> None:
-            sock, self.live_socket = self.live_socket, None
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-        def close_watch(self) -> None:
-            """Release a watch response lightkube abandoned after an error."""
-            response, self.live_response = self.live_response, None
-            self.live_socket = None
-            if response is not None:
-                try:
-                    response.close()
-                except Exception:  # already broken; we only free the connection
-                    pass
-
-        def close(self):
-            self.inner.close()
-
-    return WatchTransport()
-
-
-class PodWatcher:
+class PodWatcher(ListWatchLoop):
     """Watches the pods of one node; see the module docstring."""
 
     def __init__(self, node_name: str, kubeconfig: str | None = None, *, in_cluster: bool | None = None,
@@ -236,6 +129,8 @@ class PodWatcher:
         self._transport = None
         self._attempt = 0  # consecutive failures, for the backoff
         self.heartbeat = Heartbeat("kubernetes pod watch")
+        self._log, self._what, self._keeps = log, "pod", "labels"
+        self._server = self._config.cluster.server
 
     # -- public surface --------------------------------------------------
 
@@ -312,22 +207,14 @@ class PodWatcher:
         if self._client is None:
             import httpx2
             from lightkube import Client
-            from lightkube.config.client_adapter import verify_cluster
 
             config = self._config
-            ssl_context = verify_cluster(config.cluster, config.user, config.abs_file, trust_env=False)
-            self._transport = _make_transport(ssl_context, self._stopping, self._on_watch_response)
+            transport = self._new_transport(config)
             # trust_env=False: talk to the API server directly, ignoring
             # HTTP(S)_PROXY, which is meant for the workloads on the node.
             self._client = Client(config, timeout=httpx2.Timeout(10.0), trust_env=False,
-                                  transport=self._transport)
+                                  transport=transport)
         return self._client
-
-    def _on_watch_response(self, status_code: int) -> None:
-        # A 200 watch response means the API answers, even before any event.
-        if status_code == 200 and not self._stopping.is_set():
-            self._attempt = 0
-            self._set_up(True)
 
     def _set_up(self, up: bool) -> None:
         if up != self._api_up:
@@ -335,50 +222,8 @@ class PodWatcher:
                 log.info("Kubernetes API %s reachable", self._config.cluster.server)
             self._api_up = up
 
-    # A list or a watch that has not returned or brought an event this long
-    # after its server timeout is a hung connection, not a quiet cluster.
-    PROGRESS_GRACE = 120.0
-
-    def _run(self) -> None:
-        self._attempt = 0
-        gone_in_a_row = 0
-        rv: str | None = None
-        while not self._stopping.is_set():
-            self.heartbeat.beat(WATCH_TIMEOUT_RANGE[1] + self.PROGRESS_GRACE)
-            try:
-                client = self._client_or_new()
-                if rv is None:
-                    rv = self._relist(client)
-                rv = self._watch(client, rv)
-            except _Gone:
-                self._transport.close_watch()
-                log.info("pod watch at resourceVersion %s expired (410 Gone); relisting", rv)
-                rv = None
-                gone_in_a_row += 1
-                if gone_in_a_row > 1:  # a relist that expires at once: do not hammer
-                    self._stopping.wait(backoff_delay(gone_in_a_row - 2, self.backoff_max))
-            except Exception as e:  # noqa: BLE001 - any failure means reconnect
-                if self._transport is not None:
-                    self._transport.close_watch()
-                if self._stopping.is_set():
-                    break
-                self._api_up = False
-                delay = backoff_delay(self._attempt, self.backoff_max)
-                self._attempt += 1
-                # Warn once per outage (also when the API was never reached);
-                # the retries of the same outage go to debug.
-                self.heartbeat.beat(delay + self.PROGRESS_GRACE)
-                level = logging.WARNING if self._attempt == 1 else logging.DEBUG
-                log.log(level, "Kubernetes API %s: pod list/watch failed (%s: %s); "
-                        "labels stay as known, retry %d in %.2fs", self._config.cluster.server,
-                        type(e).__name__, e, self._attempt, delay)
-                self._stopping.wait(delay)
-            else:
-                gone_in_a_row = 0
-        self.heartbeat.done()
-        if self._client is not None and self._thread is None:
-            self._client.close()
-            self._client = None
+    def _mark_down(self) -> None:
+        self._api_up = False
 
     def _relist(self, client) -> str:
         from lightkube.resources.core_v1 import Pod
@@ -421,8 +266,8 @@ class PodWatcher:
                 if new_rv:
                     rv = self._rv = new_rv
         except Exception as e:
-            if _is_gone(e):
-                raise _Gone() from e
+            if is_gone(e):
+                raise Gone() from e
             raise
         finally:
             events.close()
