@@ -60,6 +60,17 @@ struct {
 	__type(value, struct flow_counters);
 } tcp_flows SEC(".maps");
 
+/* Client connections to a Service address, one entry each (the key holds
+ * the client port) until the agent has asked conntrack which backend each
+ * reached and deleted it.  Apart from tcp_flows so that following them,
+ * every sampler interval, reads these few entries and not every edge. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct flow_key);
+	__type(value, struct flow_counters);
+} tcp_flow_conns SEC(".maps");
+
 /* The Service ClusterIP ranges (written by the agent as it learns them). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -211,6 +222,8 @@ const struct flow_counters flow_zero = {};
 
 static __always_inline struct flow_counters *flow(const struct flow_key *k)
 {
+	if (k->client_port)
+		return lookup_or_init(&tcp_flow_conns, k, &flow_zero);
 	return lookup_or_init(&tcp_flows, k, &flow_zero);
 }
 

@@ -229,7 +229,8 @@ class Flows:
     peer_window: Duration = Duration(300.0)
     # An edge with no new traffic for this long leaves /metrics.
     idle_timeout: Duration = Duration(600.0)
-    # Kernel flow map entries (per node): edges, plus one per live connection to a Service address.
+    # Kernel flow map entries (per node) for edges; a quarter of it (at least
+    # 1,024) for connections to Service addresses open at once.
     max_flows: int = 16384
     # Name the backend a Service connection reached from the host network
     # namespace's conntrack NAT tuples (the agent needs CAP_NET_ADMIN there).

@@ -93,6 +93,32 @@ class FakeFlowMap:
         return self.entries.pop(kb, None) is not None
 
 
+class FakeFlowMaps:
+    """tcp_flows and tcp_flow_conns, as the kernel fills them: a key with a
+    client port (a connection to a Service address) goes to the second."""
+
+    def __init__(self):
+        self.edges, self.connections = FakeFlowMap(), FakeFlowMap()
+        self.connections.name = "tcp_flow_conns"
+
+    def _map(self, k: tuple) -> FakeFlowMap:
+        return self.connections if k[3] else self.edges
+
+    def add(self, k: tuple, **kw) -> None:
+        self._map(k).add(k, **kw)
+
+    def value(self, k: tuple) -> list[int] | None:
+        return self._map(k).value(k)
+
+    @property
+    def entries(self) -> dict:
+        return {**self.edges.entries, **self.connections.entries}
+
+    @property
+    def deleted(self) -> list[tuple]:
+        return self.edges.deleted + self.connections.deleted
+
+
 class FakeIdentity:
     """NodeIdentity's part the pipeline uses: cgroup id → (namespace, workload, kind, pod), None to wait."""
 
@@ -193,7 +219,7 @@ def test_edges_beyond_the_budget_fold_into_other():
     """max_peers_per_workload: 2, four peers: two rows of their own, one
     ~other row holding the other two's gains; the counters say so."""
     names = {f"10.1.0.{i}": pod_peer(f"peer-{i}") for i in range(1, 5)}
-    m = FakeFlowMap()
+    m = FakeFlowMaps()
     p, clock = pipeline(flows_cfg(max_peers_per_workload=2), FakeNamer(names))
     for i in (4, 3, 2, 1):   # the map yields the big ones first: they are rows from their first gain
         m.add(key(A_CID, f"10.1.0.{i}", 80), opened=1, closed=1, bytes_sent=1000 * i)
@@ -242,7 +268,7 @@ def test_every_gain_reaches_a_scrape():
     after every read, the last scraped values of the rows and ~other hold
     every connection and byte the kernel counted."""
     names = {"10.1.0.1": pod_peer("small-1"), "10.1.0.2": pod_peer("small-2"), "10.1.0.3": pod_peer("big")}
-    m = FakeFlowMap()
+    m = FakeFlowMaps()
     p, clock = pipeline(flows_cfg(max_peers_per_workload=2, peer_window="2s"), FakeNamer(names))
     scrapes = Scrapes(p)
     opened = sent = 0
@@ -266,7 +292,7 @@ def test_reads_between_scrapes_lose_no_gain():
     and half windows pass before the next scrape: every gain still reaches
     /metrics (the small row's, or ~other's)."""
     names = {"10.1.0.1": pod_peer("small"), "10.1.0.2": pod_peer("big")}
-    m = FakeFlowMap()
+    m = FakeFlowMaps()
     p, clock = pipeline(flows_cfg(max_peers_per_workload=1, peer_window="2s"), FakeNamer(names))
     scrapes = Scrapes(p)
     m.add(key(A_CID, "10.1.0.1", 80), opened=1, closed=1, bytes_sent=10)
@@ -292,7 +318,7 @@ def test_exported_counters_only_grow_across_folding_and_unfolding():
     every gain."""
     names = {"10.1.0.1": pod_peer("p"), "10.1.0.2": pod_peer("q")}
     kp, kq = key(A_CID, "10.1.0.1", 80), key(A_CID, "10.1.0.2", 80)
-    m = FakeFlowMap()
+    m = FakeFlowMaps()
     p, clock = pipeline(flows_cfg(max_peers_per_workload=1, peer_window="2s"), FakeNamer(names))
     scrapes = Scrapes(p)
     sent = {"opened": 0, "bytes_sent": 0, "segs_sent": 0, "srtt": 0}
@@ -318,7 +344,7 @@ def test_rows_stay_put_while_the_window_empties():
     they are (a change would stop one series and start another, at zero,
     for nothing)."""
     names = {"10.1.0.1": pod_peer("p"), "10.1.0.2": pod_peer("q")}
-    m = FakeFlowMap()
+    m = FakeFlowMaps()
     p, clock = pipeline(flows_cfg(max_peers_per_workload=1, peer_window="2s", idle_timeout="10m"),
                         FakeNamer(names))
     scrapes = Scrapes(p)
@@ -342,7 +368,7 @@ def test_top_peers_follow_the_window():
     counted (on its own row before, in ~other after)."""
     names = {"10.1.0.1": pod_peer("old"), "10.1.0.2": pod_peer("new")}
     ko, kn = key(A_CID, "10.1.0.1", 80), key(A_CID, "10.1.0.2", 80)
-    m = FakeFlowMap()
+    m = FakeFlowMaps()
     p, clock = pipeline(flows_cfg(max_peers_per_workload=1, peer_window="20s", idle_timeout="10m"),
                         FakeNamer(names))
     scrapes = Scrapes(p)
@@ -369,7 +395,7 @@ def test_idle_edges_expire_and_their_kernel_entries_go():
     kernel entry (its row goes all the same)."""
     names = {"10.1.0.1": pod_peer("done"), "10.1.0.2": pod_peer("open"), "10.1.0.3": pod_peer("folded")}
     kd, ko, kf = key(A_CID, "10.1.0.1", 80), key(A_CID, "10.1.0.2", 81), key(A_CID, "10.1.0.3", 82)
-    m = FakeFlowMap()
+    m = FakeFlowMaps()
     p, clock = pipeline(flows_cfg(max_peers_per_workload=2, idle_timeout="30s"), FakeNamer(names))
     m.add(kd, opened=1, closed=1, bytes_sent=500)
     m.add(ko, opened=1, bytes_sent=400)         # still open
@@ -406,7 +432,7 @@ def test_after_expiry_a_new_edge_within_the_budget_is_its_own_row_from_its_first
     new edge, read at the next scrape, is within the budget and its first
     gain is on its own row, not on a ~other row next to an empty row."""
     names = {f"10.1.0.{i}": pod_peer(f"peer-{i}") for i in range(1, 5)}
-    m = FakeFlowMap()
+    m = FakeFlowMaps()
     p, clock = pipeline(flows_cfg(max_peers_per_workload=2, idle_timeout="30s"), FakeNamer(names))
     for i in (3, 2, 1):
         m.add(key(A_CID, f"10.1.0.{i}", 80), opened=1, closed=1, bytes_sent=100 * i)
@@ -424,7 +450,7 @@ def test_after_expiry_a_new_edge_within_the_budget_is_its_own_row_from_its_first
 
 
 def test_an_edge_that_keeps_talking_does_not_expire():
-    m = FakeFlowMap()
+    m = FakeFlowMaps()
     p, clock = pipeline(flows_cfg(idle_timeout="10s"), FakeNamer({"10.1.0.1": pod_peer("db")}))
     k = key(A_CID, "10.1.0.1", 5432)
     m.add(k, opened=1)
@@ -441,7 +467,7 @@ def test_a_deleted_entry_gives_its_last_gain():
     """What an entry gained after the last read and before the agent deleted
     it (idle, nothing open at the last read) still counts: on the edge, in
     the per-cgroup sums."""
-    m = FakeFlowMap()
+    m = FakeFlowMaps()
     p, clock = pipeline(flows_cfg(idle_timeout="30s"), FakeNamer({"10.1.0.1": pod_peer("db")}))
     k = key(A_CID, "10.1.0.1", 5432)
     m.add(k, opened=1, closed=1, bytes_sent=100, retransmits=1)
@@ -464,7 +490,7 @@ def test_a_deleted_service_entry_gives_its_last_gain_to_its_backend():
     vip = "10.96.0.10"
     namer = FakeNamer({vip: ("service", "shop", "", "", "", "web", "", "")})
     namer.backends[40000] = pod_peer("web-blue")
-    m = FakeFlowMap()
+    m = FakeFlowMaps()
     p, clock = pipeline(namer=namer)
     k = key(A_CID, vip, 80, client_port=40000)
     m.add(k, opened=1, bytes_sent=300)
@@ -480,6 +506,32 @@ def test_a_deleted_service_entry_gives_its_last_gain_to_its_backend():
     assert p._service_edges == {} and p._kernel_changed == {}
 
 
+def test_the_sampler_reads_only_service_connections():
+    """Between scrapes the sampler follows Service connections (named,
+    then deleted as they close) without reading every edge: an edge's gain
+    waits for the scrape's full read, and nothing is lost or doubled."""
+    vip = "10.96.0.10"
+    namer = FakeNamer({vip: ("service", "shop", "", "", "", "web", "", ""), "10.1.0.1": pod_peer("db")})
+    namer.backends[40003] = pod_peer("web-blue")
+    m = FakeFlowMaps()
+    p, clock = pipeline(namer=namer)
+    kc, ke = key(A_CID, vip, 80, client_port=40003), key(A_CID, "10.1.0.1", 5432)
+    m.add(kc, opened=1, closed=1, bytes_sent=300)
+    m.add(ke, opened=1, bytes_sent=1000)
+    p.update(m, connections_only=True)
+    assert m.value(kc) is None, "the sampler did not delete a closed, named Service connection"
+    r = peer_rows(p)
+    assert r == {"web-blue": r["web-blue"]} and r["web-blue"]["bytes_sent"] == 300
+    assert p.table.entries == 0 and p.conn_table.entries == 0   # tcp_flows not read
+    m.add(ke, bytes_sent=500)
+    clock.now += 1
+    p.update(m)                                                  # the scrape's read
+    assert peer_rows(p)["db"]["bytes_sent"] == 1500 and peer_rows(p)["web-blue"]["bytes_sent"] == 300
+    p.update(m, connections_only=True)
+    assert peer_rows(p)["db"]["bytes_sent"] == 1500
+    assert p.derived("tcp_stats")[A_CID][0] == 2                 # opened_outbound: both, once each
+
+
 # -- Service connections ------------------------------------------------------
 
 def test_a_service_connection_waits_for_its_backend():
@@ -488,7 +540,7 @@ def test_a_service_connection_waits_for_its_backend():
     edge with the backend's workload."""
     vip = "10.96.0.10"
     namer = FakeNamer({vip: ("service", "shop", "", "", "", "web", "", "")})
-    m = FakeFlowMap()
+    m = FakeFlowMaps()
     p, clock = pipeline(namer=namer)
     k = key(A_CID, vip, 80, client_port=40001)
     m.add(k, opened=1, bytes_sent=100)
@@ -516,7 +568,7 @@ def test_a_service_connection_waits_for_its_backend():
 def test_a_service_connection_without_backend_counts_as_unresolved_after_backend_wait():
     vip = "10.96.0.10"
     namer = FakeNamer({vip: ("service", "shop", "", "", "", "web", "", "")})
-    m = FakeFlowMap()
+    m = FakeFlowMaps()
     p, clock = pipeline(namer=namer)
     k = key(A_CID, vip, 80, client_port=40002)
     m.add(k, opened=1, closed=1, bytes_sent=100)
@@ -542,7 +594,7 @@ def test_a_plain_connection_to_a_service_address_is_not_held_back():
     """client_port 0 (the kernel did not see a Service range): named at once."""
     vip = "10.96.0.10"
     namer = FakeNamer({vip: ("service", "shop", "", "", "", "web", "", "")})
-    m = FakeFlowMap()
+    m = FakeFlowMaps()
     p, _ = pipeline(namer=namer)
     m.add(key(A_CID, vip, 80), opened=1)
     p.update(m)
@@ -554,7 +606,7 @@ def test_a_plain_connection_to_a_service_address_is_not_held_back():
 
 def test_gains_wait_for_their_local_cgroup_to_be_named():
     ident = FakeIdentity({})
-    m = FakeFlowMap()
+    m = FakeFlowMaps()
     p, clock = pipeline(namer=FakeNamer({"10.1.0.1": pod_peer("db")}), identity=ident)
     k = key(A_CID, "10.1.0.1", 5432)
     m.add(k, opened=1, bytes_sent=10)
@@ -574,7 +626,7 @@ def test_per_cgroup_sums_are_what_tcp_stats_and_tcp_histograms_would_hold():
     """Summed over a cgroup's edges: opens and failures by direction (client
     edges outbound, server edges inbound), closes, retransmits, and the
     srtt and connect histograms; they only grow, also as edges expire."""
-    m = FakeFlowMap()
+    m = FakeFlowMaps()
     p, clock = pipeline(flows_cfg(idle_timeout="10s"), FakeNamer({"10.1.0.1": pod_peer("db")}))
     m.add(key(A_CID, "10.1.0.1", 5432), opened=3, failed=1, closed=3, retransmits=4, srtt={3: 2, 7: 1},
           connect={2: 3})
@@ -608,7 +660,7 @@ def test_per_cgroup_sums_are_what_tcp_stats_and_tcp_histograms_would_hold():
 
 
 def test_pod_level_labels_and_no_peer_ip_by_default():
-    m = FakeFlowMap()
+    m = FakeFlowMaps()
     p, _ = pipeline(flows_cfg(level="pod"), FakeNamer({"10.1.0.1": pod_peer("db", pod="db-3")}))
     assert "pod" in p.label_names and "peer_pod" in p.label_names and "peer_ip" not in p.label_names
     m.add(key(A_CID, "10.1.0.1", 5432), opened=1)
@@ -630,7 +682,7 @@ def test_raw_ips_label_at_most_top_ips_external_addresses_per_workload():
     set's row without an address, and every byte counted."""
     cfg = flows_cfg(max_peers_per_workload=20, peer_window="2s", external=FlowsExternal(raw_ips=True, top_ips=2))
     namer = PeerNamer(cfg, cluster=None, nat=None, node=NODE)
-    m = FakeFlowMap()
+    m = FakeFlowMaps()
     p, clock = pipeline(cfg, namer)
     scrapes = Scrapes(p)
     assert "peer_ip" in p.label_names

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.agent import AgentProcess
 from tests.support.apiserver import PodApiServer, make_service, write_kubeconfig
-from tests.support.flows import NODE, NS, PY, cluster, lossy, register, send, serve, three_pods
+from tests.support.flows import HOLD, NODE, NS, PY, cluster, lossy, register, send, serve, three_pods
 from tests.support.pods import sh
 
 pytestmark = pytest.mark.root
@@ -91,16 +91,13 @@ def test_open_connection_bytes_equal_ss(node, tmp_path):
     """While a connection lives, its edge holds exactly the socket's own
     counters as ss -ti shows them (read by the sampler, no per-packet work)."""
     a, b = node.pod("fa"), node.pod("fb")
-    hold = ("import socket, sys\n"
-            "c = socket.create_connection((sys.argv[1], int(sys.argv[2]))); c.sendall(b'h' * 123_457)\n"
-            "print('sent', flush=True); sys.stdin.read(); c.close()\n")
     with PodApiServer() as api:
         cluster(api)
         register(api, a, "client-0", "client")
         register(api, b, "db-0", "db")
         with agent_for(api, tmp_path) as agent:
             serve(b, 5433)
-            p = a.run(PY, "-c", hold, b.ip, "5433", text=True, stdin=subprocess.PIPE)
+            p = a.run(PY, "-c", HOLD, b.ip, "5433", "123457", text=True, stdin=subprocess.PIPE)
             try:
                 assert p.stdout.readline().strip() == "sent"
                 match = dict(namespace=NS, workload="client", port="5433", peer_workload="db")
@@ -289,21 +286,35 @@ def test_service_connections_split_by_backend(node, tmp_path):
             assert edge(s, "podsight_flow_connections_closed_total", namespace=NS, workload="web-blue",
                         role="server", peer_kind="pod", peer_workload="client") == 5
             # Each connection was its own kernel entry until named; none is left.
-            assert not service_connection_entries(VIP), "closed Service connections left in the kernel map"
+            assert service_connection_entries(VIP) == {"tcp_flows": [], "tcp_flow_conns": []}, \
+                "closed Service connections left in the kernel maps"
+            # One held open is an entry of tcp_flow_conns (the sampler's map), never of tcp_flows.
+            p = a.run(PY, "-c", HOLD, VIP, "80", "1000", text=True, stdin=subprocess.PIPE)
+            try:
+                assert p.stdout.readline().strip() == "sent"
+                held = service_connection_entries(VIP)
+                assert len(held["tcp_flow_conns"]) == 1 and held["tcp_flows"] == [], held
+            finally:
+                p.communicate("", timeout=10)
+            agent.wait_for(lambda s: service_connection_entries(VIP)["tcp_flow_conns"] == [], timeout=10,
+                           what="the closed connection's entry deleted by the sampler")
             del accepted
 
 
-def service_connection_entries(vip: str) -> list:
-    """Keys of every tcp_flows map (bpftool) that are one connection to ``vip``."""
+def service_connection_entries(vip: str) -> dict[str, list]:
+    """Per flow map (bpftool), the keys that are one connection to ``vip``."""
     import ipaddress
     import json
 
     from podsight.reader.flows import KEY
 
-    out = subprocess.run(["bpftool", "-j", "map", "dump", "name", "tcp_flows"], capture_output=True, text=True,
-                         check=True).stdout
-    maps = json.loads(out)
-    maps = maps if maps and isinstance(maps[0], dict) and "elements" in maps[0] else [{"elements": maps}]
     packed = ipaddress.ip_address(vip).packed
-    keys = [KEY.unpack(bytes(int(b, 16) for b in e["key"])) for m in maps for e in m["elements"]]
-    return [k for k in keys if k[1][:4] == packed and k[3] != 0]
+    found = {}
+    for name in ("tcp_flows", "tcp_flow_conns"):
+        out = subprocess.run(["bpftool", "-j", "map", "dump", "name", name], capture_output=True, text=True,
+                             check=True).stdout
+        maps = json.loads(out)
+        maps = maps if maps and isinstance(maps[0], dict) and "elements" in maps[0] else [{"elements": maps}]
+        keys = [KEY.unpack(bytes(int(b, 16) for b in e["key"])) for m in maps for e in m["elements"]]
+        found[name] = [k for k in keys if k[1][:4] == packed and k[3] != 0]
+    return found

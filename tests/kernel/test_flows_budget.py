@@ -222,9 +222,9 @@ def test_500_peers_fold_into_21_rows_and_lose_nothing(node, tmp_path, order):
       big ones, which take those rows at the next ranking; the 20 small
       rows stop at their last values.
     - mixed-sampler-reads (peer_window 30s): all 500 in one shuffled run
-      while the agent also reads between scrapes (a Service exists, so the
-      sampler reads tcp_flows every 200 ms to follow Service connections),
-      scraped only after."""
+      while the agent's sampler also runs its flow reads (a Service exists,
+      so every 200 ms it reads tcp_flow_conns to follow Service connections;
+      A's edges to its peers are read at scrapes only), scraped only after."""
     a, b = node.pod("fa"), node.pod("fb")
     peer_network(a, b)
     sizes = {i: (200_000 + 1_000 * i if i < BIG else 1_000 + 10 * i) for i in range(500)}
@@ -246,7 +246,7 @@ def test_500_peers_fold_into_21_rows_and_lose_nothing(node, tmp_path, order):
             bigs = [(peer_ip(i), sizes[i]) for i in range(BIG)]
             if order == "mixed-sampler-reads":
                 agent.wait_for(scraped.seeing(lambda s: any("10.96.0.1/32 are followed" in ln for ln in agent.log)),
-                               what="the agent to follow the Service range (its sampler then reads tcp_flows)")
+                               what="the agent to follow the Service range (its sampler then reads tcp_flow_conns)")
                 mixed = bigs + smalls
                 random.Random(16).shuffle(mixed)
                 talk(a, mixed)

@@ -393,11 +393,11 @@ def srtt_cgroups(probe) -> set[int]:
 
     keys = (HistKey.from_buffer_copy(k) for k in probe.obj.maps["tcp_histograms"].keys())
     out = {k.cgroup_id for k in keys if k.kind == HIST_SRTT}
-    flows = probe.obj.maps["tcp_flows"]
-    for k in flows.keys():
-        v = flows.lookup(k)
-        if v is not None and any(FlowCounters.from_buffer_copy(v[0]).srtt.slots):
-            out.add(FlowKey.from_buffer_copy(k).cgroup_id)
+    for flows in (probe.obj.maps["tcp_flows"], probe.obj.maps["tcp_flow_conns"]):
+        for k in flows.keys():
+            v = flows.lookup(k)
+            if v is not None and any(FlowCounters.from_buffer_copy(v[0]).srtt.slots):
+                out.add(FlowKey.from_buffer_copy(k).cgroup_id)
     return out
 
 

@@ -13,7 +13,7 @@ NS = "shop"
 
 # A server: per connection read to EOF, then send the byte count asked for
 # on its command line, then close.  A client: connect, send N, half-close,
-# read to EOF; or hold the connection open after sending until stdin closes.
+# read to EOF.
 SERVER = """
 import socket, sys, threading
 host, port, back = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -39,6 +39,14 @@ for _ in range(count):
         got += len(d)
     c.close()
 print(got, flush=True)
+"""
+
+# A client that holds its connection open: connect, send N bytes, print
+# "sent", and close only when stdin closes.
+HOLD = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2]))); c.sendall(b'h' * int(sys.argv[3]))
+print('sent', flush=True); sys.stdin.read(); c.close()
 """
 
 

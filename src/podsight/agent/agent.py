@@ -97,24 +97,25 @@ class Agent:
         return beats
 
     # -- snapshot ----------------------------------------------------------
-    def _flow_map(self):
-        return self.probes["tcp"].flow_map() if self.flows is not None else None
+    def _flow_maps(self):
+        return self.probes["tcp"].flow_maps() if self.flows is not None else None
 
-    def _update_flows(self) -> None:
+    def _update_flows(self, connections_only: bool = False) -> None:
         """The kernel's edges read (under the lock), before anything reads
         the per-cgroup sums they feed."""
-        m = self._flow_map()
-        if m is not None:
+        maps = self._flow_maps()
+        if maps is not None:
             self.flows.set_service_ranges(self.probes["tcp"])
-            self.flows.update(m)
+            self.flows.update(maps, connections_only=connections_only)
 
     def snapshot(self) -> Snapshot:
         with self._lock:
             self._update_flows()
             series, fill = self.counters.read()
-            m = self._flow_map()
+            m = self._flow_maps()
             if m is not None:
-                fill["tcp_flows"] = (self.flows.table.entries, m.max_entries)
+                fill["tcp_flows"] = (self.flows.table.entries, m.edges.max_entries)
+                fill["tcp_flow_conns"] = (self.flows.conn_table.entries, m.connections.max_entries)
             states: dict[str, str] = {}
             gauges: dict[str, dict] = {}
             for p in self.probes.values():
@@ -185,7 +186,8 @@ class Agent:
                     with self._lock:
                         p.sample()
                         if p.name == "tcp" and self.flows is not None and self.flows.follows_connections:
-                            self._update_flows()  # Service connections leave the map as they close
+                            # Service connections, named and deleted as they close
+                            self._update_flows(connections_only=True)
                 except OSError as e:
                     log.warning("probe %s: sampling failed: %s", p.name, e)
 
@@ -217,7 +219,7 @@ class Agent:
         with self._lock:
             gone = self.counters.collect_garbage(now, grace)
             if self.flows is not None:
-                m = self._flow_map()
+                m = self._flow_maps()
                 if gone:
                     self.flows.forget_cgroups(m, gone)
                 self.flows.expire(m, now)

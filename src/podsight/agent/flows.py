@@ -1,4 +1,5 @@
-"""Who talks to whom: tcp_flows' kernel edges named at workload (or pod)
+"""Who talks to whom: the kernel's edges (tcp_flows, and tcp_flow_conns
+for connections to Service addresses) named at workload (or pod)
 level on both ends, within a series budget.
 
 Each update reads what every kernel edge gained since the last (reader.flows)
@@ -106,7 +107,8 @@ class FlowPipeline:
                                                                                        cfg.external.raw_ips))
         self._peer_index = [PEER_FIELDS.index(f) for f in peer]
         self.label_names: tuple[str, ...] = local + ("role", "port") + peer
-        self.table = FlowTable()
+        self.table = FlowTable()                          # tcp_flows: the edges
+        self.conn_table = FlowTable()                     # tcp_flow_conns: Service connections
         self.stats: dict[int, list] = {}                 # cgroup → struct tcp_counters gained
         self.hists: dict[tuple[int, int], list] = {}     # (cgroup, hist kind) → struct hist gained
         self.edges: dict[tuple, _Edge] = {}               # labels → edge
@@ -125,20 +127,25 @@ class FlowPipeline:
         self._rechoose = False
 
     # -- reading -------------------------------------------------------------
-    def update(self, m, now: float | None = None) -> None:
+    def update(self, maps, now: float | None = None, connections_only: bool = False) -> None:
+        """Read what the kernel entries gained (``maps``: tcp_flows and
+        tcp_flow_conns).  ``connections_only``: only the Service connections,
+        as the sampler does between scrapes to name and delete them."""
         now = self.clock() if now is None else now
         if now - self._rotated >= self._half:
             self._rotated = now
             for e in self.edges.values():
                 e.window = [0, e.window[0]]
             self._rechoose = True  # at the next scrape, once this one's rows are out
-        gains = self.table.read(m)
+        gains = self.conn_table.read(maps.connections)
+        if not connections_only:
+            gains += self.table.read(maps.edges)
         for d in gains:
             self._per_cgroup(d)
             self._kernel_changed[d.key] = (now, d.total[_OPENED] > d.total[_CLOSED])
             self._queue(d, now)
         self._attribute(now)
-        self._delete_done(m, now)
+        self._delete_done(maps, now)
 
     def _per_cgroup(self, d: FlowDelta) -> None:
         cid, role = d.key[0], d.key[5]
@@ -268,7 +275,7 @@ class FlowPipeline:
             if not e.ip_named:
                 e.exported = False
 
-    def expire(self, m, now: float | None = None) -> None:
+    def expire(self, maps, now: float | None = None) -> None:
         """Edges idle for ``idle_timeout`` leave /metrics; kernel entries idle
         as long with no open connection leave the map."""
         now = self.clock() if now is None else now
@@ -285,18 +292,28 @@ class FlowPipeline:
                     if self._raw_ips and labels[-1] and e.ip_named:
                         self._named[local] -= 1
         done = [k for k, (t, live) in self._kernel_changed.items() if now - t >= idle and not live]
-        if done and m is not None:
-            self._forget_kernel(m, done, now)
+        if done and maps is not None:
+            self._forget_kernel(maps, done, now)
 
-    def _delete_done(self, m, now: float) -> None:
+    def _delete_done(self, maps, now: float) -> None:
         """Service connections that closed and were attributed leave the
         kernel map at once: they are one entry per connection."""
         done = [k for k in self._service_edges if k not in self._pending and not self._kernel_changed.get(k, (0, 1))[1]]
         if done:
-            self._forget_kernel(m, done, now)
+            self._forget_kernel(maps, done, now)
 
-    def _forget_kernel(self, m, keys: list, now: float) -> None:
-        for d in self.table.delete(m, keys):   # their last gains, read before they went
+    def _delete(self, maps, keys: list) -> list[FlowDelta]:
+        """Delete kernel entries from the map each lives in (a Service
+        connection's key holds its client port)."""
+        out = []
+        for table, m, part in ((self.table, maps.edges, [k for k in keys if not k[3]]),
+                               (self.conn_table, maps.connections, [k for k in keys if k[3]])):
+            if part:
+                out += table.delete(m, part)
+        return out
+
+    def _forget_kernel(self, maps, keys: list, now: float) -> None:
+        for d in self._delete(maps, keys):   # their last gains, read before they went
             self._per_cgroup(d)
             self._queue(d, now)
         self._attribute(now)
@@ -305,15 +322,15 @@ class FlowPipeline:
                 self._service_edges.pop(k, None)
                 self._kernel_changed.pop(k, None)
 
-    def forget_cgroups(self, m, cids: set[int]) -> None:
+    def forget_cgroups(self, maps, cids: set[int]) -> None:
         """Cgroups that are gone: their per-cgroup sums and kernel entries go."""
         for cid in cids:
             self.stats.pop(cid, None)
             self.hists.pop((cid, HIST_SRTT), None)
             self.hists.pop((cid, HIST_CONNECT), None)
         keys = [k for k in self._kernel_changed if k[0] in cids]
-        if keys and m is not None:
-            self.table.delete(m, keys)
+        if keys and maps is not None:
+            self._delete(maps, keys)
         for k in keys:
             self._kernel_changed.pop(k, None)
             self._service_edges.pop(k, None)
@@ -367,4 +384,4 @@ class FlowPipeline:
         exported = sum(1 for e in self.edges.values() if e.exported)
         return FlowStats(edges=exported + len(self.other), peers_folded=len(self.edges) - exported,
                          edges_expired=self._expired, backends_unresolved=self._unresolved,
-                         kernel_entries=self.table.entries)
+                         kernel_entries=self.table.entries + self.conn_table.entries)

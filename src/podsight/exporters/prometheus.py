@@ -259,7 +259,7 @@ class MetricsRenderer:
             w.family("podsight_kubernetes_api_up", "gauge", "1 if the pod watch on the Kubernetes API is healthy.")
             w.sample("podsight_kubernetes_api_up", f'node="{node}"', int(snap.kubernetes_api_up))
         w.family("podsight_bpf_map_entries", "gauge", "Entries in a BPF map, read at scrape time "
-                 "(tcp_socks: at the last RTT sample; tls_ssl: at the last handshake sweep; tcp_flows: at the last read).")
+                 "(tcp_socks: at the last RTT sample; tls_ssl: at the last handshake sweep; tcp_flows, tcp_flow_conns: at the last read).")
         for name, n in sorted(snap.map_entries.items()):
             w.sample("podsight_bpf_map_entries", f'map="{name}",node="{node}"', n)
         if snap.map_max_entries:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from typing import NamedTuple
 
 from ...config import Config
 from .. import mounts
@@ -16,9 +17,22 @@ from ..layouts import (DROP_REASON_WORDS, FLOW_ROLES, HIST_CONNECT, HIST_KINDS, 
 from ..loader import BpfObject
 from ..probes import Probe
 
-__all__ = ["EDGE_METRICS", "EdgeValues", "FAMILY", "TcpProbe", "service_ranges", "tcp_config"]
+__all__ = ["EDGE_METRICS", "EdgeValues", "FAMILY", "FlowMaps", "TcpProbe", "flow_connection_entries",
+           "service_ranges", "tcp_config"]
 
 log = logging.getLogger("podsight.probes")
+
+
+class FlowMaps(NamedTuple):
+    edges: object          # tcp_flows: one entry per edge
+    connections: object    # tcp_flow_conns: one entry per connection to a Service address
+
+
+def flow_connection_entries(max_flows: int) -> int:
+    """tcp_flow_conns' size: a quarter of the edges' (at least 1,024).  It
+    holds every connection to a Service address still open, and those closed
+    since the sampler's last read (each ``srtt_sample_interval``)."""
+    return max(1024, max_flows // 4)
 
 
 class TcpProbe(Probe):
@@ -48,6 +62,7 @@ class TcpProbe(Probe):
         self.sample_interval = float(cfg.probes.tcp.srtt_sample_interval)
         obj.set_max_entries("tcp_socks", cfg.probes.tcp.max_tracked_connections)
         obj.set_max_entries("tcp_flows", cfg.flows.max_flows)
+        obj.set_max_entries("tcp_flow_conns", flow_connection_entries(cfg.flows.max_flows))
         tracefs = mounts.tracefs_root()
         self.drop_reasons = drop_reasons(tracefs)
         self.flows = cfg.flows.enabled
@@ -102,11 +117,12 @@ class TcpProbe(Probe):
     def key_names(self, counter_map: str) -> dict[int, str]:
         return self.drop_reasons if counter_map == "network_drops" else {}
 
-    def flow_map(self):
-        """tcp_flows, when flows are counted (the caller holds the agent's lock)."""
+    def flow_maps(self) -> FlowMaps | None:
+        """tcp_flows and tcp_flow_conns, when flows are counted (the caller
+        holds the agent's lock)."""
         if not (self.up and self.flows and self.obj is not None):
             return None
-        return self.obj.maps["tcp_flows"]
+        return FlowMaps(self.obj.maps["tcp_flows"], self.obj.maps["tcp_flow_conns"])
 
     def set_service_ranges(self, networks: list) -> None:
         """Where Service ClusterIPs live: connections to them are followed one
@@ -191,7 +207,8 @@ FAMILY = Family(
     name="tcp",
     probe=TcpProbe,
     programs={prog: tp for part in TcpProbe.PARTS.values() for prog, tp in part.items()},
-    maps=("tcp_stats", "tcp_histograms", "network_drops", "tcp_socks", "tcp_flows", "flow_services"),
+    maps=("tcp_stats", "tcp_histograms", "network_drops", "tcp_socks", "tcp_flows", "tcp_flow_conns",
+          "flow_services"),
     counters=(
         CounterMap("tcp_stats", TcpCounters),
         CounterMap("tcp_histograms", Hist, HistKey),                              # (cgroup, enum hist_kind)
