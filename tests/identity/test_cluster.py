@@ -31,30 +31,10 @@ def uid(obj: dict) -> str:
 
 
 @pytest.fixture
-def indexes():
-    made: list[ClusterIndex] = []
-    yield made
-    for idx in made:
-        idx.stop()
-
-
-@pytest.fixture
-def index(server, tmp_path, indexes):
+def index(start_watching):
     """Start a ClusterIndex on `server`; by default waits until all three
     resources are listed and watched."""
-
-    def start(sync=True, **kwargs):
-        kc = write_kubeconfig(tmp_path / "kubeconfig", server.url)
-        kwargs.setdefault("backoff_max", 0.2)
-        idx = ClusterIndex(str(kc), **kwargs)
-        indexes.append(idx)
-        idx.start()
-        if sync:
-            wait_for(lambda: idx.synced, what="first list of pods, services and nodes")
-            wait_for(lambda: server.open_watches() == 3, what="three watches connected")
-        return idx
-
-    return start
+    return lambda sync=True, **kwargs: start_watching(ClusterIndex, 3, sync, **kwargs)
 
 
 def running_pod(name, namespace="default", node="node-a", ips=(), **kw) -> dict:
@@ -288,7 +268,7 @@ def test_expired_continue_token_lists_in_one_response(server, index, caplog):
 
 
 @pytest.mark.parametrize("gone_mode", ["event", "status"])
-def test_relist_after_410_drops_what_vanished(tmp_path, indexes, gone_mode):
+def test_relist_after_410_drops_what_vanished(tmp_path, stopped, gone_mode):
     with PodApiServer(gone_mode=gone_mode) as server:
         server.add_node(make_node("node-a", ["10.0.0.1"], zone="zone-a"))
         node_b = server.add_node(make_node("node-b", ["10.0.0.2"], zone="zone-b"))
@@ -297,7 +277,7 @@ def test_relist_after_410_drops_what_vanished(tmp_path, indexes, gone_mode):
         svc = server.add_service(make_service("s", cluster_ips=["10.96.0.1"]))
         kc = write_kubeconfig(tmp_path / "kc", server.url)
         idx = ClusterIndex(str(kc), backoff_max=0.2)
-        indexes.append(idx)
+        stopped.append(idx)
         idx.start()
         wait_for(lambda: idx.synced and server.open_watches() == 3, what="first sync")
         old_rvs = idx.resource_versions()
@@ -421,14 +401,14 @@ def test_api_up_needs_all_three_watches(server, index):
     wait_for(lambda: idx.synced and idx.api_up, what="all three up")
 
 
-def test_start_with_unreachable_api_does_not_raise_and_recovers(tmp_path, indexes):
+def test_start_with_unreachable_api_does_not_raise_and_recovers(tmp_path, stopped):
     server = PodApiServer()
     server.start()
     server.stop()  # the port is now closed (connection refused); start() reuses it
     server.add_pod(running_pod("a", ips=["10.244.0.1"]))
     kc = write_kubeconfig(tmp_path / "kc", server.url)
     idx = ClusterIndex(str(kc), backoff_max=0.2)
-    indexes.append(idx)
+    stopped.append(idx)
     t = time.monotonic()
     idx.start()
     assert time.monotonic() - t < 0.2
@@ -441,10 +421,10 @@ def test_start_with_unreachable_api_does_not_raise_and_recovers(tmp_path, indexe
         server.stop()
 
 
-def test_wrong_token_keeps_api_down(server, tmp_path, indexes):
+def test_wrong_token_keeps_api_down(server, tmp_path, stopped):
     kc = write_kubeconfig(tmp_path / "kc", server.url, token="wrong")
     idx = ClusterIndex(str(kc), backoff_max=0.1)
-    indexes.append(idx)
+    stopped.append(idx)
     idx.start()
     wait_for(lambda: server.requests("list") >= 3 and server.requests("node-list") >= 3, what="retries")
     assert not idx.api_up and not idx.synced

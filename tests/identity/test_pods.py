@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from functools import partial
 
 import pytest
 
@@ -17,29 +18,9 @@ NODE = "node-a"
 
 
 @pytest.fixture
-def watchers():
-    made: list[PodWatcher] = []
-    yield made
-    for w in made:
-        w.stop()
-
-
-@pytest.fixture
-def watch(server, tmp_path, watchers):
-    """Start a watcher of NODE on `server`; waits for the first list."""
-
-    def start(sync=True, **kwargs):
-        kc = write_kubeconfig(tmp_path / "kubeconfig", server.url)
-        kwargs.setdefault("backoff_max", 0.2)
-        w = PodWatcher(NODE, str(kc), **kwargs)
-        watchers.append(w)
-        w.start()
-        if sync:
-            wait_for(lambda: w.synced, what="first list")
-            wait_for(lambda: server.open_watches() == 1, what="watch connected")
-        return w
-
-    return start
+def watch(start_watching):
+    """Start a watcher of NODE on `server`; by default waits for the first list and the watch."""
+    return lambda sync=True, **kwargs: start_watching(partial(PodWatcher, NODE), 1, sync, **kwargs)
 
 
 def uid(pod: dict) -> str:
@@ -160,13 +141,13 @@ def test_bookmark_advances_the_version_used_by_the_next_watch(server, watch):
 
 
 @pytest.mark.parametrize("gone_mode", ["event", "status"])
-def test_gone_after_outage_relists_and_drops_pods_deleted_meanwhile(tmp_path, watchers, gone_mode):
+def test_gone_after_outage_relists_and_drops_pods_deleted_meanwhile(tmp_path, stopped, gone_mode):
     with PodApiServer(gone_mode=gone_mode) as server:
         a = server.add_pod(make_pod("a", node=NODE))
         b = server.add_pod(make_pod("b", node=NODE))
         kc = write_kubeconfig(tmp_path / "kc", server.url)
         w = PodWatcher(NODE, str(kc), backoff_max=0.2)
-        watchers.append(w)
+        stopped.append(w)
         w.start()
         wait_for(lambda: w.synced and server.open_watches() == 1, what="first sync")
         old_rv = w.resource_version
@@ -219,7 +200,7 @@ def _failures(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if "pod list/watch failed" in r.getMessage()]
 
 
-def test_start_with_unreachable_api_does_not_raise_and_recovers(tmp_path, watchers, caplog):
+def test_start_with_unreachable_api_does_not_raise_and_recovers(tmp_path, stopped, caplog):
     caplog.set_level(logging.DEBUG, logger="podsight.identity.pods")  # the retries log at debug
     server = PodApiServer()
     server.start()
@@ -227,7 +208,7 @@ def test_start_with_unreachable_api_does_not_raise_and_recovers(tmp_path, watche
     pod = server.add_pod(make_pod("a", node=NODE))
     kc = write_kubeconfig(tmp_path / "kc", server.url)
     w = PodWatcher(NODE, str(kc), backoff_max=0.2)
-    watchers.append(w)
+    stopped.append(w)
     t = time.monotonic()
     w.start()
     assert time.monotonic() - t < 0.2
@@ -243,7 +224,7 @@ def test_start_with_unreachable_api_does_not_raise_and_recovers(tmp_path, watche
         server.stop()
 
 
-def test_unroutable_api_does_not_block_start(tmp_path, watchers):
+def test_unroutable_api_does_not_block_start(tmp_path, stopped):
     # A listening socket that never accepts: connects hang until the timeout.
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -251,7 +232,7 @@ def test_unroutable_api_does_not_block_start(tmp_path, watchers):
     try:
         kc = write_kubeconfig(tmp_path / "kc", f"http://127.0.0.1:{sock.getsockname()[1]}")
         w = PodWatcher(NODE, str(kc), backoff_max=0.2)
-        watchers.append(w)
+        stopped.append(w)
         t = time.monotonic()
         w.start()
         assert time.monotonic() - t < 0.2
@@ -260,10 +241,10 @@ def test_unroutable_api_does_not_block_start(tmp_path, watchers):
         sock.close()
 
 
-def test_wrong_token_keeps_api_down_without_crashing(server, tmp_path, watchers):
+def test_wrong_token_keeps_api_down_without_crashing(server, tmp_path, stopped):
     kc = write_kubeconfig(tmp_path / "kc", server.url, token="wrong")
     w = PodWatcher(NODE, str(kc), backoff_max=0.1)
-    watchers.append(w)
+    stopped.append(w)
     w.start()
     wait_for(lambda: server.requests("list") >= 3, what="retries")
     assert not w.api_up and not w.synced
@@ -294,13 +275,13 @@ def tls_files(tmp_path_factory):
     return make_tls_files(d, "apiserver"), make_tls_files(d, "impostor")
 
 
-def test_https_with_the_kubeconfig_ca(tls_files, tmp_path, watchers):
+def test_https_with_the_kubeconfig_ca(tls_files, tmp_path, stopped):
     (cert, key), _ = tls_files
     with PodApiServer(tls=(cert, key)) as server:
         pod = server.add_pod(make_pod("tls-pod", node=NODE))
         kc = write_kubeconfig(tmp_path / "kc", server.url, ca_file=cert)
         w = PodWatcher(NODE, str(kc), backoff_max=0.2)
-        watchers.append(w)
+        stopped.append(w)
         w.start()
         wait_for(lambda: w.pod(uid(pod)), what="pod over HTTPS")
         wait_for(lambda: server.open_watches() == 1, what="watch over HTTPS")
@@ -310,13 +291,13 @@ def test_https_with_the_kubeconfig_ca(tls_files, tmp_path, watchers):
         wait_for(lambda: server.open_watches() == 0, what="TLS watch closed")
 
 
-def test_https_rejects_a_server_the_ca_did_not_sign(tls_files, tmp_path, watchers, caplog):
+def test_https_rejects_a_server_the_ca_did_not_sign(tls_files, tmp_path, stopped, caplog):
     caplog.set_level(logging.DEBUG, logger="podsight.identity.pods")
     (cert, key), (impostor_cert, impostor_key) = tls_files
     with PodApiServer(tls=(impostor_cert, impostor_key)) as server:
         kc = write_kubeconfig(tmp_path / "kc", server.url, ca_file=cert)
         w = PodWatcher(NODE, str(kc), backoff_max=0.1)
-        watchers.append(w)
+        stopped.append(w)
         w.start()
         wait_for(lambda: len(_failures(caplog)) >= 3, what="three failed attempts")
         assert all("CERTIFICATE_VERIFY_FAILED" in m for m in _failures(caplog)), _failures(caplog)
@@ -324,7 +305,7 @@ def test_https_rejects_a_server_the_ca_did_not_sign(tls_files, tmp_path, watcher
         assert server.requests() == {}  # no request got past the handshake
 
 
-def test_in_cluster_service_account(tls_files, tmp_path, watchers, monkeypatch):
+def test_in_cluster_service_account(tls_files, tmp_path, stopped, monkeypatch):
     (cert, key), _ = tls_files
     sa = tmp_path / "serviceaccount"
     sa.mkdir()
@@ -336,12 +317,12 @@ def test_in_cluster_service_account(tls_files, tmp_path, watchers, monkeypatch):
         monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
         monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(server.port))
         w = PodWatcher(NODE, service_account_dir=str(sa), backoff_max=0.2)  # detected, not forced
-        watchers.append(w)
+        stopped.append(w)
         w.start()
         wait_for(lambda: w.pod(uid(pod)), what="pod via in-cluster config")
 
 
-def test_a_hung_api_connection_shows_as_a_stuck_watch(tmp_path, watchers, monkeypatch):
+def test_a_hung_api_connection_shows_as_a_stuck_watch(tmp_path, stopped, monkeypatch):
     """An API server that accepts and never answers: the watch thread is
     stuck in a request, and its heartbeat says so (/healthz fails) once the
     longest watch plus the grace has passed (shrunk here from 600 + 120 s)."""
@@ -356,7 +337,7 @@ def test_a_hung_api_connection_shows_as_a_stuck_watch(tmp_path, watchers, monkey
     try:
         kc = write_kubeconfig(tmp_path / "kc", f"http://127.0.0.1:{hole.getsockname()[1]}")
         w = PodWatcher(NODE, str(kc), backoff_max=0.2)
-        watchers.append(w)
+        stopped.append(w)
         w.start()
         # Due 1.5 s after the request began: well before the client gives up on it (10 s).
         wait_for(lambda: late([w.heartbeat]), what="the hung watch to be overdue", timeout=5)
